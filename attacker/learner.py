@@ -292,6 +292,11 @@ class _SampleLearner:
         ledger = self.oracle.ledger
         with ledger.in_phase("next-token tables"):
             self._buy({(): self._share(0, 1)}, min(self.L + 1, self.H))
+        if self._n(()) == 0:
+            raise ValueError(
+                f"a budget of {ledger.budget} samples leaves none for the empty prompt; "
+                f"use a budget of at least {self.H * self.A} samples"
+            )
         N = self._table([()])
         steps = [StepTables([[]], N, N.copy(), sketch="empty")]
         spanner: list[History] = [()]
@@ -306,6 +311,14 @@ class _SampleLearner:
             with ledger.in_phase("candidates"):
                 self._buy({c: minimum - self._n(c) for c in candidates}, min(self.L + 1, self.H - t))
             counts = np.array([prefix_event_counts(self.pools[c], ell, self.A) for c in candidates])
+            sketched = counts.sum(axis=1) > 0
+            if not sketched.any():
+                raise ValueError(
+                    f"the budget of {ledger.budget} samples ran out at step {t} of {self.H}; "
+                    "raise --budget"
+                )
+            candidates = [c for c, keep in zip(candidates, sketched) if keep]
+            counts = counts[sketched]
             chosen, rank = self._spanner(counts)
             self.expected_rank = len(chosen)
 

@@ -110,11 +110,13 @@ def _greedy_basis(X: NDArray[np.float64], allowed: NDArray[np.bool_], r: int) ->
     """Pick ``r`` rows by largest residual norm (pivoted Gram-Schmidt), a max-volume greedy start."""
     residual = X.copy()
     basis = np.empty(r, dtype=np.int64)
+    # Rounding leaves residuals of about 1e-16 of the scale where the exact value is zero.
+    threshold = (1e-10 * float(np.abs(X).max(initial=0.0))) ** 2
     for j in range(r):
         norms = np.where(allowed, np.einsum("ij,ij->i", residual, residual), -1.0)
         norms[basis[:j]] = -1.0
         pick = int(np.argmax(norms))
-        if norms[pick] <= 0.0:
+        if norms[pick] <= threshold:
             raise ValueError(
                 f"the eligible rows span only {j} of the {r} dimensions requested; "
                 "lower the rank or sketch more candidates"
