@@ -25,6 +25,7 @@ from __future__ import annotations
 import abc
 import logging
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -120,6 +121,9 @@ class SequenceModel(abc.ABC):
             raise ValueError("alphabet must contain at least one token label")
         self.alphabet: tuple[str, ...] = tuple(str(label) for label in alphabet)
         self.horizon = int(horizon)
+        # Name the server publishes, and provenance read from or written to model files.
+        self.model_id: str = ""
+        self.metadata: dict[str, Any] = {}
 
     @property
     def alphabet_size(self) -> int:
