@@ -1,0 +1,407 @@
+"""Command line of the attacker, ``lowrank-attack``: steal a model, score a clone, run the demo.
+
+Results go to stdout (a table, or JSON with ``--json``); progress and errors go to stderr.
+Exit status: 0 on success, 1 when the server or the network fails (unreachable URL,
+rejected key, quota spent), 2 for invalid arguments or an unreadable input file, and 130
+after Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table
+
+from attacker.client import HttpJudge, HttpOracle
+from attacker.clone import load_any_model
+from attacker.demo import ServerStartError, run_demo
+from attacker.evaluate import evaluate, report_to_dict
+from attacker.learner import LearnerSettings, learn
+from attacker.oracle import OracleError
+
+__all__ = ["AttackFailedError", "UsageError", "app", "main", "run_evaluate", "run_steal"]
+
+logger = logging.getLogger(__name__)
+
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+app = typer.Typer(
+    name="lowrank-attack",
+    help="Steal a low-rank sequence model from a lowrank-steal server and score the clone.",
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode=None,
+    pretty_exceptions_enable=False,
+)
+
+
+class SketchChoice(str, Enum):
+    auto = "auto"
+    prefix = "prefix"
+    sampled_future = "sampled-future"
+
+
+class ProjectionChoice(str, Enum):
+    kl = "kl"
+    clip = "clip"
+    none = "none"
+
+
+class UsageError(Exception):
+    """An invalid argument or input file, reported with exit status 2."""
+
+
+class AttackFailedError(Exception):
+    """The learner stopped with an error, reported with exit status 1."""
+
+
+@app.callback()
+def _configure(
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Log every HTTP request (DEBUG) on stderr.")
+    ] = False,
+) -> None:
+    """Steal a low-rank sequence model from a lowrank-steal server and score the clone."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        force=True,
+    )
+    # httpx logs each request at INFO; ours are at DEBUG with the same detail.
+    logging.getLogger("httpx").setLevel(logging.DEBUG if verbose else logging.WARNING)
+    logging.getLogger("httpcore").setLevel(logging.INFO if verbose else logging.WARNING)
+
+
+@contextmanager
+def _reported_errors() -> Iterator[None]:
+    """Turn expected failures into one line on stderr and an exit status, without a traceback."""
+    try:
+        yield
+    except UsageError as exc:
+        _fail(str(exc), EXIT_USAGE)
+    except (OracleError, AttackFailedError, ServerStartError, OSError) as exc:
+        _fail(str(exc), EXIT_FAILURE)
+    except KeyboardInterrupt:
+        _fail("interrupted", EXIT_INTERRUPTED)
+
+
+def _fail(message: str, code: int) -> None:
+    typer.echo(f"lowrank-attack: error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _open_oracle(url: str, api_key: str, budget: int, **options: Any) -> HttpOracle:
+    try:
+        return HttpOracle(url, api_key, budget, **options)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+
+
+def run_steal(
+    url: str,
+    api_key: str,
+    budget: int,
+    out: Path,
+    settings: dict[str, Any],
+    seed: int = 0,
+    max_concurrency: int = 8,
+    max_retries: int = 5,
+    clock: Callable[[], float] = time.monotonic,
+) -> dict[str, Any]:
+    """Learn a clone through the server at ``url``, save it to ``out`` and return a summary.
+
+    Parameters
+    ----------
+    settings : dict
+        Fields of :class:`attacker.learner.LearnerSettings`.
+    seed : int
+        Seeds the learner and the server-side sampling of every request.
+
+    Raises
+    ------
+    UsageError
+        For an invalid budget, setting, URL or output directory, before any query is bought.
+    OracleError, AttackFailedError, OSError
+        If the server, the learner or the saving fails.
+    """
+    learner_settings = _check_steal_inputs(budget, out, settings)
+
+    started = clock()
+    with _open_oracle(
+        url, api_key, budget, max_concurrency=max_concurrency, max_retries=max_retries,
+        sampling_seed=seed,
+    ) as oracle:
+        logger.info(
+            "stealing %s from %s: A=%d, H=%d, budget %d samples",
+            oracle.model_info.model_id, oracle.base_url, oracle.alphabet_size, oracle.horizon,
+            budget,
+        )
+        try:
+            clone = learn(oracle, learner_settings, np.random.default_rng(seed))
+        except ValueError as exc:
+            # A prompt of probability zero, or a setting this target cannot serve.
+            raise AttackFailedError(f"the attack failed: {exc}") from exc
+        clone.save(out)
+        ledger = oracle.ledger
+        return {
+            "out": str(out),
+            "model_id": oracle.model_info.model_id,
+            "budget": budget,
+            "samples": ledger.samples,
+            "tokens": ledger.tokens,
+            "requests": ledger.requests,
+            "retries": oracle.retries,
+            "ranks": list(clone.ranks),
+            "sketches": list(clone.sketches),
+            "by_phase": {phase: dict(row) for phase, row in ledger.by_phase.items()},
+            "seconds": round(clock() - started, 3),
+        }
+
+
+def _check_steal_inputs(budget: int, out: Path, settings: dict[str, Any]) -> LearnerSettings:
+    """Validate the arguments of ``steal`` before any query is bought."""
+    if budget <= 0:
+        raise UsageError(f"--budget must be a positive number of samples, got {budget}")
+    if not out.parent.is_dir():
+        raise UsageError(f"output directory {out.parent} does not exist; create it first")
+    if not os.access(out.parent, os.W_OK):
+        raise UsageError(f"output directory {out.parent} is not writable; choose another --out")
+    try:
+        return LearnerSettings(**settings)
+    except ValidationError as exc:
+        raise UsageError(f"invalid learner settings: {_first_error(exc)}") from exc
+
+
+def run_evaluate(
+    clone_path: Path, url: str, admin_key: str, sequences: int = 5000, seed: int = 0
+) -> dict[str, Any]:
+    """Score the model file at ``clone_path`` against the server's judge; return a summary.
+
+    Raises
+    ------
+    UsageError
+        If the file cannot be loaded, ``sequences < 2`` or the URL is invalid.
+    OracleError
+        If the server fails or rejects the admin key.
+    """
+    if sequences < 2:
+        raise UsageError(f"--sequences must be at least 2, got {sequences}")
+    try:
+        model = load_any_model(clone_path)
+    except ValueError as exc:
+        raise UsageError(f"cannot load {clone_path}: {exc}") from exc
+    try:
+        judge = HttpJudge(url, admin_key)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+    with judge:
+        try:
+            report = evaluate(model, judge, sequences, np.random.default_rng(seed))
+        except ValueError as exc:
+            raise UsageError(str(exc)) from exc
+    summary: dict[str, Any] = dict(report_to_dict(report))
+    summary["model_id"] = judge.model_info.model_id
+    summary["clone"] = str(clone_path)
+    ledger = getattr(model, "ledger", None)
+    if ledger:
+        summary["queries"] = ledger
+    return summary
+
+
+def _first_error(exc: ValidationError) -> str:
+    error = exc.errors()[0]
+    field = ".".join(str(part) for part in error["loc"]) or "settings"
+    return f"{field}: {error['msg']} (got {error.get('input')!r})"
+
+
+# -- output ---------------------------------------------------------------------------
+
+
+def _print_json(summary: dict[str, Any]) -> None:
+    typer.echo(json.dumps(summary, indent=2, allow_nan=False))
+
+
+def print_steal_summary(summary: dict[str, Any], console: Console) -> None:
+    """Print the queries and shape of a stolen clone as tables."""
+    table = Table(title=f"Stolen {summary['model_id']} -> {summary['out']}")
+    table.add_column("quantity")
+    table.add_column("value", justify="right")
+    for name in ("samples", "tokens", "requests", "retries", "budget", "seconds"):
+        value = summary[name]
+        table.add_row(name, f"{value:,}" if isinstance(value, int) else str(value))
+    table.add_row("ranks per step", " ".join(str(r) for r in summary["ranks"]))
+    table.add_row("sketch per step", " ".join(summary["sketches"]))
+    console.print(table)
+
+    phases = Table(title="Spend per phase")
+    for column in ("phase", "samples", "tokens", "requests"):
+        phases.add_column(column, justify="left" if column == "phase" else "right")
+    for phase, row in summary["by_phase"].items():
+        phases.add_row(phase, f"{row['samples']:,}", f"{row['tokens']:,}", f"{row['requests']:,}")
+    console.print(phases)
+
+
+def print_evaluate_summary(summary: dict[str, Any], console: Console) -> None:
+    """Print the distance of a clone to the server's model as a table."""
+    table = Table(title=f"{summary['clone']} vs {summary['model_id']} ({summary['method']})")
+    table.add_column("score")
+    table.add_column("value", justify="right")
+    table.add_column("stderr", justify="right")
+    table.add_row("TV", _number(summary["tv"]), _number(summary["tv_stderr"]))
+    table.add_row("TV, 95% upper bound", _number(summary["tv_upper95"]), "")
+    table.add_row("KL (nats)", _number(summary["kl"]), _number(summary["kl_stderr"]))
+    table.add_row("sequences", f"{summary['sequences']:,}", "")
+    queries = summary.get("queries")
+    if isinstance(queries, dict):
+        for name in ("samples", "tokens", "requests"):
+            if name in queries:
+                table.add_row(f"clone cost: {name}", f"{queries[name]:,}", "")
+    console.print(table)
+
+
+def _number(value: float | str) -> str:
+    if isinstance(value, str):
+        return value
+    return f"{value:.3g}" if math.isfinite(value) else str(value)
+
+
+# -- commands -------------------------------------------------------------------------
+
+
+UrlArgument = Annotated[
+    str, typer.Argument(metavar="URL", help="Server root, e.g. http://127.0.0.1:8000.")
+]
+SeedOption = Annotated[int, typer.Option("--seed", help="Seed of all randomness of the command.")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
+
+
+@app.command()
+def steal(
+    url: UrlArgument,
+    api_key: Annotated[
+        str,
+        typer.Option("--api-key", envvar="LOWRANK_API_KEY", help="Client API key."),
+    ],
+    budget: Annotated[int, typer.Option("--budget", help="Hard cap on samples to buy.")],
+    out: Annotated[Path, typer.Option("--out", help="Where to write the clone (JSON).")],
+    rank: Annotated[
+        int | None, typer.Option("--rank", help="Cap on the rank per step; default: estimated.")
+    ] = None,
+    seed: SeedOption = 0,
+    future_length: Annotated[
+        int, typer.Option("--future-length", help="Future length L of the prefix sketch, in tokens.")
+    ] = 2,
+    sketch: Annotated[
+        SketchChoice, typer.Option("--sketch", help="Sketch that picks the spanner histories.")
+    ] = SketchChoice.auto,
+    projection: Annotated[
+        ProjectionChoice, typer.Option("--projection", help="State correction of the clone.")
+    ] = ProjectionChoice.kl,
+    max_concurrency: Annotated[
+        int, typer.Option("--max-concurrency", help="Requests in flight at once.")
+    ] = 8,
+    max_retries: Annotated[
+        int, typer.Option("--max-retries", help="Retries per request after errors and timeouts.")
+    ] = 5,
+    as_json: JsonOption = False,
+) -> None:
+    """Buy samples from the server at URL and learn a clone of its model."""
+    settings: dict[str, Any] = {
+        "rank": rank,
+        "future_length": future_length,
+        "sketch": sketch.value,
+        "projection": projection.value,
+    }
+    with _reported_errors():
+        summary = run_steal(
+            url, api_key, budget, out, settings, seed=seed,
+            max_concurrency=max_concurrency, max_retries=max_retries,
+        )
+    if as_json:
+        _print_json(summary)
+    else:
+        print_steal_summary(summary, Console())
+
+
+@app.command("evaluate")
+def evaluate_command(
+    clone: Annotated[
+        Path, typer.Argument(metavar="CLONE", help="Clone or model file to score.")
+    ],
+    url: UrlArgument,
+    admin_key: Annotated[
+        str,
+        typer.Option("--admin-key", envvar="LOWRANK_ADMIN_KEY", help="The server's admin key."),
+    ],
+    sequences: Annotated[
+        int, typer.Option("--sequences", help="Reference sequences for Monte Carlo scoring.")
+    ] = 5000,
+    seed: SeedOption = 0,
+    as_json: JsonOption = False,
+) -> None:
+    """Score CLONE against the model behind URL (TV and KL, exact when small enough)."""
+    with _reported_errors():
+        summary = run_evaluate(clone, url, admin_key, sequences, seed)
+    if as_json:
+        _print_json(summary)
+    else:
+        print_evaluate_summary(summary, Console())
+
+
+@app.command()
+def demo(
+    model: Annotated[
+        str,
+        typer.Option("--model", help="Preset, preset with parameters, or model file to host."),
+    ] = "english-words",
+    budget: Annotated[int, typer.Option("--budget", help="Samples the attack may buy.")] = 2_000_000,
+    seed: SeedOption = 0,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Keep the clone here; default: a temporary file.")
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Start a local server, steal its model, score the clone, and stop the server."""
+    with _reported_errors():
+        result = run_demo(model, budget, seed, out)
+    if as_json:
+        _print_json(result)
+        return
+    console = Console()
+    print_steal_summary(result["steal"], console)
+    print_evaluate_summary(result["evaluate"], console)
+    scores = result["evaluate"]
+    console.print(
+        f"TV {_number(scores['tv'])} (95% upper bound {_number(scores['tv_upper95'])}), "
+        f"KL {_number(scores['kl'])} nats, from {result['steal']['samples']:,} samples"
+    )
+
+
+def main() -> None:
+    """Entry point of the ``lowrank-attack`` script."""
+    app()
+
+
+if __name__ == "__main__":
+    # Run the imported module, not this __main__ copy, so that logger names and exception
+    # classes are the ones the other attacker modules see.
+    from attacker.cli import main as _main
+
+    _main()
