@@ -180,17 +180,16 @@ def _enumerate_log_probs(P: SequenceModel, Q: SequenceModel) -> tuple[FloatArray
 def _advance_alive(
     model: SequenceModel, states: FloatArray, t: int, tokens: IntArray, alive: NDArray[np.bool_]
 ) -> FloatArray:
-    """Advance the rows of ``states`` flagged by ``alive``; leave the rest unchanged.
+    """Advance the rows of ``states`` flagged by ``alive`` on their tokens.
 
-    Rows of probability zero keep their last valid state, so later next-token laws stay
-    finite; their log-probability is already ``-inf``.
+    Rows of probability zero advance on their most likely token instead, so later
+    next-token laws stay finite and the state size can change between steps (as a
+    clone's does); their log-probability is already ``-inf``.
     """
     if alive.all():
         return model.advance(states, t, tokens)
-    new = states.copy()
-    if alive.any():
-        new[alive] = model.advance(states[alive], t, tokens[alive])
-    return new
+    likely = np.argmax(model.token_probs(states, t), axis=1)
+    return model.advance(states, t, np.where(alive, tokens, likely))
 
 
 def monte_carlo_distance(

@@ -210,3 +210,32 @@ def test_exact_distance_bounds_and_pinsker(
     assert report.kl >= -1e-12
     # Pinsker's inequality: TV <= sqrt(KL / 2).
     assert report.tv <= math.sqrt(max(report.kl, 0.0) / 2) + 1e-12
+
+
+class _GrowingStateModel(SequenceModel):
+    """A test model whose state width changes every step and that never emits token 1 first."""
+
+    def __init__(self) -> None:
+        super().__init__(["a", "b"], 3)
+
+    def start(self, n: int) -> np.ndarray:
+        return np.ones((n, 1))
+
+    def token_probs(self, states: np.ndarray, t: int) -> np.ndarray:
+        law = [1.0, 0.0] if t == 0 else [0.5, 0.5]
+        return np.tile(law, (states.shape[0], 1))
+
+    def advance(self, states: np.ndarray, t: int, tokens: np.ndarray) -> np.ndarray:
+        if np.any(self.token_probs(states, t)[np.arange(len(tokens)), tokens] == 0):
+            raise AssertionError("advanced on a token of probability zero")
+        return np.ones((states.shape[0], t + 2))
+
+
+def test_exact_distance_growing_state_with_zero_probability() -> None:
+    P = HMM(["a", "b"], 3, [1.0], [[1.0]], [[0.5, 0.5]])
+
+    report = exact_distance(P, _GrowingStateModel())
+
+    # P puts mass 1/2 on sequences starting with "b", which Q never generates.
+    assert report.tv == pytest.approx(0.5, abs=1e-12)
+    assert report.kl == np.inf
