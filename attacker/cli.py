@@ -302,7 +302,8 @@ def steal(
     budget: Annotated[int, typer.Option("--budget", help="Hard cap on samples to buy.")],
     out: Annotated[Path, typer.Option("--out", help="Where to write the clone (JSON).")],
     rank: Annotated[
-        int | None, typer.Option("--rank", help="Cap on the rank per step; default: estimated.")
+        int | None,
+        typer.Option("--rank", help="Rank to use at every step; default: estimated from the noise floor."),
     ] = None,
     seed: SeedOption = 0,
     future_length: Annotated[

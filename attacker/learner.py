@@ -48,7 +48,14 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from attacker.clone import Clone, StepTables
 from attacker.oracle import Completions, Oracle
-from attacker.rank import column_weights, estimate_rank_exact, estimate_rank_from_counts
+from attacker.future_sketch import draw_futures, estimate_future_sketch, plan_future_prompts
+from attacker.rank import (
+    RankEstimate,
+    column_weights,
+    estimate_rank_exact,
+    estimate_rank_from_counts,
+    estimate_rank_with_noise,
+)
 from attacker.sketch import (
     chain_rule_probability,
     next_token_counts,
@@ -94,7 +101,16 @@ class LearnerSettings(BaseModel):
         description="Candidates with fewer samples than this share of the median are kept out "
         "of the spanner, because a spanner maximises volume and noisy rows have more of it.",
     )
-    sketch_futures: int = Field(default=64, ge=1, description="m of the sampled-future sketch.")
+    sketch_futures: int = Field(default=32, ge=1, description="m of the sampled-future sketch.")
+    probe_futures: int = Field(default=8, ge=1, description="Futures of the probe that decides on the sampled-future sketch.")
+    probe_samples: int = Field(default=32, ge=2, description="Samples per prompt of that probe, and the least of the full sketch.")
+    future_sketch_share: float = Field(
+        default=0.8, gt=0, lt=1,
+        description="Share of a step's budget that a sampled-future sketch may spend; the rest tops up the tables.",
+    )
+    typical_histories: int = Field(
+        default=8, ge=0, description="Full samples whose prefixes join the candidates of every step."
+    )
     rank_factor: float = Field(default=1.0, gt=0, description="Noise-floor multiple for the rank.")
     smoothing: float | None = Field(
         default=None, ge=0, lt=1, description="Uniform mass in the clone's laws; default 1e-4 in sample mode, 0 otherwise."
@@ -241,6 +257,7 @@ class _SampleLearner:
         self.H = oracle.horizon
         self.L = settings.future_length
         self.pools: dict[History, list[Completions]] = {}
+        self.typical: dict[int, list[History]] = {}
         # Guess of the rank of the steps not learned yet, updated after every step.
         self.expected_rank = min(8, self.A ** min(self.L, self.H))
 
@@ -290,6 +307,8 @@ class _SampleLearner:
 
     def run(self) -> list[StepTables]:
         ledger = self.oracle.ledger
+        with ledger.in_phase("candidates"):
+            self._buy_typical()
         with ledger.in_phase("next-token tables"):
             self._buy({(): self._share(0, 1)}, min(self.L + 1, self.H))
         if self._n(()) == 0:
@@ -301,64 +320,179 @@ class _SampleLearner:
         steps = [StepTables([[]], N, N.copy(), sketch="empty")]
         spanner: list[History] = [()]
         for t in range(1, self.H):
-            share = self._share(t, self.expected_rank)
-            step_start = ledger.samples
-            ell = min(self.L, self.H - t)
-            for b in spanner:
-                self._inherit(b)
-            candidates = [b + (o,) for b in spanner for o in range(self.A) if self._n(b + (o,)) > 0]
-            minimum = self.settings.extension_min_samples or max(20, share // (20 * len(candidates)))
-            with ledger.in_phase("candidates"):
-                self._buy({c: minimum - self._n(c) for c in candidates}, min(self.L + 1, self.H - t))
-            counts = np.array([prefix_event_counts(self.pools[c], ell, self.A) for c in candidates])
-            sketched = counts.sum(axis=1) > 0
-            if not sketched.any():
-                raise ValueError(
-                    f"the budget of {ledger.budget} samples ran out at step {t} of {self.H}; "
-                    "raise --budget"
-                )
-            candidates = [c for c, keep in zip(candidates, sketched) if keep]
-            counts = counts[sketched]
-            chosen, rank = self._spanner(counts)
-            self.expected_rank = len(chosen)
-
-            left = share - (ledger.samples - step_start)
-            target = self._spanner_target([candidates[i] for i in chosen], left)
-            with ledger.in_phase("spanner"):
-                self._buy(target, min(self.L + 1, self.H - t))
-            for i in chosen:
-                counts[i] = prefix_event_counts(self.pools[candidates[i]], ell, self.A)
-
-            V = counts / counts.sum(axis=1, keepdims=True)
-            w = column_weights(V, counts.sum(axis=1))
-            steps[-1].W = self._transfers(spanner, candidates, V, V[chosen], w, steps[-1].N)
-            spanner = [candidates[i] for i in chosen]
-            N = self._table(spanner)
-            # The projection checks the next-token laws only: they pool every sample of a
-            # spanner history, while longer events are too noisy to rule states out.
-            steps.append(StepTables(
-                [list(b) for b in spanner], N, N.copy(), sketch="prefix",
-                diagnostics={"candidates": len(candidates), "rank_estimate": rank,
-                             "samples": [self._n(b) for b in spanner]},
-            ))
-            logger.info("step %d: %d candidates, rank %d (prefix sketch, L=%d), %d samples so far",
-                        t, len(candidates), len(chosen), ell, ledger.samples)
+            step, spanner = self._step(t, spanner, steps[-1])
+            steps.append(step)
             keep = set(spanner)
             self.pools = {h: pool for h, pool in self.pools.items() if h in keep}
         return steps
 
+    def _step(self, t: int, previous: list[History], last: StepTables) -> tuple[StepTables, list[History]]:
+        """Learn step ``t``: candidates, sketch, spanner, transfers into it, tables."""
+        ledger = self.oracle.ledger
+        share = self._share(t, self.expected_rank)
+        step_start = ledger.samples
+        ell = min(self.L, self.H - t)
+
+        # Candidates: extensions seen in the completions of B_{t-1}, then typical histories.
+        for b in previous:
+            self._inherit(b)
+        extensions = [b + (o,) for b in previous for o in range(self.A) if self._n(b + (o,)) > 0]
+        typical = [h for h in self.typical.get(t, []) if h not in set(extensions)]
+        candidates = extensions + typical
+        minimum = self.settings.extension_min_samples or max(20, share // (20 * len(candidates)))
+        with ledger.in_phase("candidates"):
+            self._buy({c: minimum - self._n(c) for c in candidates}, min(self.L + 1, self.H - t))
+        counts = np.array([prefix_event_counts(self.pools.get(c, []), ell, self.A) for c in candidates])
+        sketched = counts.sum(axis=1) > 0
+        if not sketched.any():
+            raise ValueError(
+                f"the budget of {ledger.budget} samples ran out at step {t} of {self.H}; raise --budget"
+            )
+        candidates = [c for c, keep in zip(candidates, sketched) if keep]
+        counts = counts[sketched]
+
+        # Sketch and spanner: prefix events, unless they cannot see the rank.
+        chosen, rank = self._spanner(counts)
+        sketch = "prefix"
+        V: FloatArray | None = None
+        if self._wants_future_sketch(t, candidates, rank):
+            with ledger.in_phase("sketches"):
+                future = self._future_sketch(candidates, share - (ledger.samples - step_start), rank)
+            if future is not None:
+                V, estimate = future
+                w = np.ones(V.shape[1])
+                chosen = self._choose(V, w, estimate, np.ones(len(candidates)))
+                sketch, rank = "sampled-future", estimate.rank
+        self.expected_rank = len(chosen)
+
+        # Tables of the spanner histories, from their completions topped up to equal counts.
+        left = share - (ledger.samples - step_start)
+        target = self._spanner_target([candidates[i] for i in chosen], left)
+        with ledger.in_phase("next-token tables"):
+            self._buy(target, min(self.L + 1, self.H - t))
+        if V is None:
+            for i in chosen:
+                counts[i] = prefix_event_counts(self.pools[candidates[i]], ell, self.A)
+            V = counts / counts.sum(axis=1, keepdims=True)
+            w = column_weights(V, counts.sum(axis=1))
+        last.W = self._transfers(previous, candidates, V, V[chosen], w)
+        spanner = [candidates[i] for i in chosen]
+        N = self._table(spanner)
+
+        # The projection checks the next-token laws only: they pool every sample of a
+        # spanner history, while longer events are too noisy to rule states out.
+        step = StepTables(
+            [list(b) for b in spanner], N, N.copy(), sketch=sketch,
+            diagnostics={"candidates": len(candidates), "typical": len(typical), "rank_estimate": rank,
+                         "samples": [self._n(b) for b in spanner]},
+        )
+        logger.info("step %d: %d candidates, rank %d (%s sketch), %d samples so far",
+                    t, len(candidates), len(chosen), sketch, ledger.samples)
+        return step, spanner
+
+    def _buy_typical(self) -> None:
+        """Buy full sequences from the empty prompt; their prefixes become typical histories."""
+        wanted = self.settings.typical_histories
+        if wanted == 0 or self.H < 2:
+            return
+        (batch,) = self.oracle.complete([()], wanted, self.H)
+        for t in range(1, self.H):
+            prefixes = {tuple(int(x) for x in row[:t]) for row in batch.futures}
+            self.typical[t] = sorted(prefixes)
+
+    def _wants_future_sketch(self, t: int, candidates: list[History], detected: int) -> bool:
+        """Decide whether step ``t`` needs the sampled-future sketch.
+
+        The prefix events see everything when they cover the whole future.  Otherwise
+        ``auto`` switches when they find fewer dimensions than the rank the user gave, or
+        when they find a single one (no structure at all) and a small probe with sampled
+        futures finds more.
+        """
+        if self.settings.sketch == "prefix" or self.H - t <= self.L:
+            return False
+        if self.settings.sketch == "sampled-future":
+            return True
+        if self.settings.rank is not None:
+            return detected < self.settings.rank
+        return detected == 1
+
+    def _future_sketch(
+        self, candidates: list[History], budget: int, detected: int
+    ) -> tuple[FloatArray, RankEstimate] | None:
+        """Buy the sampled-future sketch of ``candidates`` with about ``budget`` samples.
+
+        Returns None when a probe shows no more dimensions than the prefix events found.
+        """
+        settings = self.settings
+        if settings.sketch == "auto" and settings.rank is None:
+            probe = self._estimate_future(candidates[: 2 * detected + 6], settings.probe_futures,
+                                          settings.probe_samples)
+            if probe is None or probe[1].rank <= detected:
+                logger.info("probe with sampled futures finds rank %s; keeping the prefix sketch",
+                            None if probe is None else probe[1].rank)
+                return None
+        return self._estimate_future(candidates, settings.sketch_futures, budget=budget)
+
+    def _estimate_future(
+        self, candidates: list[History], m: int, n: int | None = None, budget: int | None = None
+    ) -> tuple[FloatArray, RankEstimate] | None:
+        """Buy a sampled-future sketch with ``n`` samples per prompt, or with a share of
+        ``budget`` split evenly over the distinct prompts."""
+        remaining = self.oracle.ledger.remaining or 0
+        if remaining < m:
+            return None
+        futures = draw_futures(self.oracle, candidates, m, self.rng)
+        prompts = plan_future_prompts(candidates, futures)
+        if n is None:
+            share = self.settings.future_sketch_share * (budget or 0)
+            n = max(self.settings.probe_samples, int(share / max(len(prompts), 1)))
+        n = min(n, (remaining - m) // max(len(prompts), 1))
+        if n < 2:
+            return None
+        sketch = estimate_future_sketch(self.oracle, candidates, futures, n, self.rng)
+        if not np.any(sketch.vectors):
+            return None
+        estimate = estimate_rank_with_noise(
+            sketch.vectors, sketch.noise, self.settings.rank, self.settings.rank_factor
+        )
+        logger.info("sampled-future sketch: %d candidates, %d futures, %d prompts x %d samples, rank %d",
+                    len(candidates), m, len(prompts), n, estimate.rank)
+        return sketch.vectors, estimate
+
     def _spanner(self, counts: FloatArray) -> tuple[list[int], int]:
-        """Estimate the rank and choose the spanner rows among well-sampled candidates."""
+        """Estimate the rank and choose the spanner rows among well-sampled candidates.
+
+        Returns the chosen rows and the number of singular values above the noise floor,
+        which can differ from the number of rows when the user gave the rank.
+        """
         estimate = estimate_rank_from_counts(counts, self.rng, self.settings.rank, self.settings.rank_factor)
-        logger.info("singular values %s, noise floor %.3g", np.round(estimate.singular_values[:12], 1), estimate.noise_floor)
+        logger.debug("singular values %s, noise floor %.3g",
+                     np.round(estimate.singular_values[:12], 1), estimate.noise_floor)
+        # A stricter count decides whether the prefix events see any structure at all:
+        # at the floor itself, pure noise passes for a second dimension half of the time.
+        detected = max(int(np.sum(estimate.singular_values > 1.5 * estimate.noise_floor)), 1)
         n = counts.sum(axis=1)
         V = counts / n[:, None]
-        w = column_weights(V, n)
+        return self._choose(V, column_weights(V, n), estimate, n), detected
+
+    def _choose(
+        self, V: FloatArray, w: FloatArray, estimate: RankEstimate, n: FloatArray
+    ) -> list[int]:
+        """Pick a barycentric spanner of the rows of ``V`` (feature weights ``w``) in the
+        estimated subspace, among the rows with enough samples ``n``."""
         eligible = n >= self.settings.spanner_min_share * np.median(n)
-        if eligible.sum() < estimate.rank:
-            eligible[:] = True
-        spanner = barycentric_spanner((V * w) @ estimate.basis, self.settings.C, eligible)
-        return [int(i) for i in spanner.indices], estimate.rank
+        Y = (V * w) @ estimate.basis
+        try:
+            return [int(i) for i in barycentric_spanner(Y, self.settings.C, eligible).indices]
+        except ValueError:
+            pass
+        # Too few well-sampled rows span the subspace: allow every row, then lower the rank.
+        for r in range(estimate.rank, 0, -1):
+            try:
+                return [int(i) for i in barycentric_spanner(Y[:, :r], self.settings.C).indices]
+            except ValueError:
+                continue
+        return [int(np.argmax(n))]
 
     def _spanner_target(self, spanner: list[History], budget: int) -> dict[History, int]:
         """Split ``budget`` so the spanner histories end with sample counts as equal as possible."""
@@ -372,7 +506,7 @@ class _SampleLearner:
         counts += self.settings.pseudocount
         return counts / counts.sum(axis=1, keepdims=True)
 
-    def _transfers(self, previous, candidates, V, R, w, N_previous) -> FloatArray:
+    def _transfers(self, previous, candidates, V, R, w) -> FloatArray:
         index = {c: i for i, c in enumerate(candidates)}
         beta = fit_transfers(V, R, self.settings.C, w)
         W = np.empty((self.A, len(previous), R.shape[0]))
@@ -383,7 +517,7 @@ class _SampleLearner:
                 if b + (o,) in index:
                     W[o, i] = beta[index[b + (o,)]]
                 else:
-                    # Never observed: N_previous[i, o] is only the pseudocount, so the row barely matters.
+                    # Never observed: N[i, o] of the previous step is only the pseudocount, so the row barely matters.
                     W[o, i] = fallback if fallback is not None else 1.0 / R.shape[0]
         return W
 

@@ -34,7 +34,13 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["RankEstimate", "column_weights", "estimate_rank_exact", "estimate_rank_from_counts"]
+__all__ = [
+    "RankEstimate",
+    "column_weights",
+    "estimate_rank_exact",
+    "estimate_rank_from_counts",
+    "estimate_rank_with_noise",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -111,7 +117,36 @@ def estimate_rank_from_counts(
         E = np.where(usable[:, None], (half / n1[:, None] - rest / n2[:, None]) / 2.0, 0.0) * scale
         noise = max(noise, float(np.linalg.norm(E, 2)))
 
-    floor = factor * noise
+    return _rank_above_floor(sigma, Vt, factor * noise, max_rank)
+
+
+def estimate_rank_with_noise(
+    X: NDArray[np.float64],
+    noise: NDArray[np.float64],
+    max_rank: int | None = None,
+    factor: float = 1.0,
+) -> RankEstimate:
+    """Estimate the rank of ``X`` (shape (k, F)) given a matrix with the law of its noise.
+
+    Parameters
+    ----------
+    X : ndarray, shape (k, F)
+        Estimated matrix.
+    noise : ndarray, shape (k, F)
+        A draw with the same law as ``X`` minus its expectation, such as half the
+        difference of two independent half-sample estimates.
+    max_rank : int, optional
+        The rank the user gave; see :func:`estimate_rank_from_counts`.
+    factor : float, default 1.0
+        Multiple of the noise's largest singular value a singular value must pass.
+    """
+    _, sigma, Vt = np.linalg.svd(X, full_matrices=False)
+    return _rank_above_floor(sigma, Vt, factor * float(np.linalg.norm(noise, 2)), max_rank)
+
+
+def _rank_above_floor(
+    sigma: NDArray[np.float64], Vt: NDArray[np.float64], floor: float, max_rank: int | None
+) -> RankEstimate:
     rank = int(np.sum(sigma > floor)) if max_rank is None else min(max_rank, int(np.sum(sigma > 0)))
     rank = max(rank, 1)
     logger.debug("rank %d: singular values %s, noise floor %.3g", rank, np.round(sigma[:12], 2), floor)

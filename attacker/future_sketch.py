@@ -1,0 +1,155 @@
+"""The sampled-future sketch estimated from sampled completions alone.
+
+Notation
+--------
+A : int
+    Alphabet size.
+H : int
+    Horizon.
+t : int
+    Length of the candidate histories.
+g, h : tuple of int
+    Candidate histories; ``k`` of them.
+f_l : tuple of int
+    Sampled futures of ``H - t`` tokens, ``l = 1 .. m``.
+D : ndarray, shape (m,)
+    ``D[f_l] = mean_g P[f_l | g]``.
+v_h : ndarray, shape (m,)
+    ``v_h[l] = P[f_l | h] / (m D[f_l])``.
+
+Futures are drawn from ``D`` by buying one full completion of a uniformly chosen candidate
+per future.  ``P[f | h]`` is the chain-rule product of next-token probabilities
+``P[f_j | h f_<j]``, each estimated from ``n`` one-token completions of the prompt
+``h f_<j``.  Every distinct prompt is bought once and shared by all futures with that
+prefix.  Splitting the samples of each prompt in two by binomial thinning gives two
+independent estimates of the sketch, whose half difference measures its noise.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+from attacker.oracle import Oracle
+from attacker.sketch import string_index
+
+__all__ = ["EstimatedFutureSketch", "estimate_future_sketch", "plan_future_prompts"]
+
+logger = logging.getLogger(__name__)
+
+History = tuple[int, ...]
+FloatArray = NDArray[np.float64]
+
+
+@dataclass(frozen=True)
+class EstimatedFutureSketch:
+    """A sampled-future sketch estimated from samples.
+
+    Attributes
+    ----------
+    futures : list of tuple of int, length m
+    vectors : ndarray, shape (k, m)
+        ``v_h`` from all samples.
+    noise : ndarray, shape (k, m)
+        Half the difference of the sketches from the two halves of the samples.
+    samples_per_prompt : int
+        ``n``.
+    """
+
+    futures: list[History]
+    vectors: FloatArray
+    noise: FloatArray
+    samples_per_prompt: int
+
+
+def draw_futures(
+    oracle: Oracle, candidates: Sequence[History], m: int, rng: np.random.Generator
+) -> list[History]:
+    """Buy ``m`` full completions, each of a uniformly chosen candidate (samples from ``D``)."""
+    t = len(candidates[0])
+    owners = rng.integers(0, len(candidates), size=m)
+    chosen, counts = np.unique(owners, return_counts=True)
+    futures: list[History] = []
+    by_count: dict[int, list[int]] = {}
+    for owner, count in zip(chosen, counts):
+        by_count.setdefault(int(count), []).append(int(owner))
+    for count, owner_list in sorted(by_count.items()):
+        prompts = [candidates[i] for i in owner_list]
+        for batch in oracle.complete(prompts, count, oracle.horizon - t):
+            for row, times in zip(batch.futures, batch.counts):
+                futures.extend([tuple(int(x) for x in row)] * int(times))
+    return futures
+
+
+def plan_future_prompts(candidates: Sequence[History], futures: Sequence[History]) -> list[History]:
+    """List the distinct prompts ``h f_<j`` whose next-token laws the sketch needs."""
+    prompts: dict[History, None] = {}
+    for h in candidates:
+        for f in futures:
+            for j in range(len(f)):
+                prompts[h + f[:j]] = None
+    return list(prompts)
+
+
+def estimate_future_sketch(
+    oracle: Oracle,
+    candidates: Sequence[History],
+    futures: Sequence[History],
+    n: int,
+    rng: np.random.Generator,
+) -> EstimatedFutureSketch:
+    """Estimate the sampled-future sketch of ``candidates`` on the given ``futures``.
+
+    Parameters
+    ----------
+    oracle : Oracle
+        Sells the one-token completions; costs ``n`` samples per distinct prompt.
+    candidates : sequence of tuple of int, length k
+    futures : sequence of tuple of int, length m
+        Drawn from ``D`` (see :func:`draw_futures`).
+    n : int
+        Samples per prompt.
+    rng : numpy.random.Generator
+        Randomness of the split into halves.
+
+    Returns
+    -------
+    EstimatedFutureSketch
+    """
+    prompts = plan_future_prompts(candidates, futures)
+    A = oracle.alphabet_size
+    counts = np.zeros((len(prompts), A))
+    for start in range(0, len(prompts), 1000):
+        batch = prompts[start : start + 1000]
+        for row, completions in enumerate(oracle.complete(batch, n, 1)):
+            np.add.at(counts[start + row], string_index(completions.futures, 1, A), completions.counts)
+    half = rng.binomial(counts.astype(np.int64), 0.5).astype(np.float64)
+    row_of = {prompt: row for row, prompt in enumerate(prompts)}
+
+    estimates = []
+    for table in (counts, half, counts - half):
+        laws = table / np.maximum(table.sum(axis=1, keepdims=True), 1.0)
+        estimates.append(_sketch_vectors(candidates, futures, laws, row_of))
+    full, first, second = estimates
+    return EstimatedFutureSketch(list(futures), full, (first - second) / 2.0, n)
+
+
+def _sketch_vectors(
+    candidates: Sequence[History],
+    futures: Sequence[History],
+    laws: FloatArray,
+    row_of: dict[History, int],
+) -> FloatArray:
+    """Turn estimated next-token laws into ``v_h[l] = P[f_l | h] / (m D[f_l])``."""
+    m = len(futures)
+    probabilities = np.ones((len(candidates), m))
+    for i, h in enumerate(candidates):
+        for l, f in enumerate(futures):
+            for j, token in enumerate(f):
+                probabilities[i, l] *= laws[row_of[h + f[:j]], token]
+    D = probabilities.mean(axis=0)
+    return probabilities / (m * np.maximum(D, 1e-300))[None, :]
