@@ -21,7 +21,9 @@ Futures are drawn from ``D`` by buying one full completion of a uniformly chosen
 per future.  ``P[f | h]`` is the chain-rule product of next-token probabilities
 ``P[f_j | h f_<j]``, each estimated from ``n`` one-token completions of the prompt
 ``h f_<j``.  Every distinct prompt is bought once and shared by all futures with that
-prefix.  Splitting the samples of each prompt in two by binomial thinning gives two
+prefix, and each completion bought runs to the horizon, so that it also counts for the
+deeper prompts it passes through: a prompt ``j`` tokens deep collects about twice the
+samples bought for it.  Splitting the samples of each prompt in two by binomial thinning gives two
 independent estimates of the sketch, whose half difference measures its noise.
 """
 
@@ -34,8 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from attacker.oracle import Oracle
-from attacker.sketch import string_index
+from attacker.oracle import Completions, Oracle
 
 __all__ = ["EstimatedFutureSketch", "estimate_future_sketch", "plan_future_prompts"]
 
@@ -107,12 +108,12 @@ def estimate_future_sketch(
     Parameters
     ----------
     oracle : Oracle
-        Sells the one-token completions; costs ``n`` samples per distinct prompt.
+        Sells the completions; costs ``n`` samples per distinct prompt.
     candidates : sequence of tuple of int, length k
     futures : sequence of tuple of int, length m
         Drawn from ``D`` (see :func:`draw_futures`).
     n : int
-        Samples per prompt.
+        Samples bought per prompt.
     rng : numpy.random.Generator
         Randomness of the split into halves.
 
@@ -121,14 +122,18 @@ def estimate_future_sketch(
     EstimatedFutureSketch
     """
     prompts = plan_future_prompts(candidates, futures)
+    row_of = {prompt: row for row, prompt in enumerate(prompts)}
     A = oracle.alphabet_size
     counts = np.zeros((len(prompts), A))
-    for start in range(0, len(prompts), 1000):
-        batch = prompts[start : start + 1000]
-        for row, completions in enumerate(oracle.complete(batch, n, 1)):
-            np.add.at(counts[start + row], string_index(completions.futures, 1, A), completions.counts)
-    half = rng.binomial(counts.astype(np.int64), 0.5).astype(np.float64)
-    row_of = {prompt: row for row, prompt in enumerate(prompts)}
+    half = np.zeros((len(prompts), A))
+    by_length: dict[int, list[History]] = {}
+    for prompt in prompts:
+        by_length.setdefault(oracle.horizon - len(prompt), []).append(prompt)
+    for length, group in sorted(by_length.items()):
+        for start in range(0, len(group), 1000):
+            batch = group[start : start + 1000]
+            for prompt, completions in zip(batch, oracle.complete(batch, n, length)):
+                _credit(prompt, completions, row_of, counts, half, rng)
 
     estimates = []
     for table in (counts, half, counts - half):
@@ -136,6 +141,28 @@ def estimate_future_sketch(
         estimates.append(_sketch_vectors(candidates, futures, laws, row_of))
     full, first, second = estimates
     return EstimatedFutureSketch(list(futures), full, (first - second) / 2.0, n)
+
+
+def _credit(
+    prompt: History,
+    completions: Completions,
+    row_of: dict[History, int],
+    counts: FloatArray,
+    half: FloatArray,
+    rng: np.random.Generator,
+) -> None:
+    """Count each completion of ``prompt`` as a next-token sample of every needed prompt it
+    passes through: a completion of ``q`` that starts with ``x`` is also one of ``q x``."""
+    first_half = rng.binomial(completions.counts, 0.5)
+    for row, times, in_first in zip(completions.futures, completions.counts, first_half):
+        current = prompt
+        for token in row:
+            index = row_of.get(current)
+            if index is None:
+                break
+            counts[index, token] += times
+            half[index, token] += in_first
+            current = current + (int(token),)
 
 
 def _sketch_vectors(

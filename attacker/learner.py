@@ -101,7 +101,7 @@ class LearnerSettings(BaseModel):
         description="Candidates with fewer samples than this share of the median are kept out "
         "of the spanner, because a spanner maximises volume and noisy rows have more of it.",
     )
-    sketch_futures: int = Field(default=32, ge=1, description="m of the sampled-future sketch.")
+    sketch_futures: int = Field(default=16, ge=1, description="m of the sampled-future sketch.")
     probe_futures: int = Field(default=8, ge=1, description="Futures of the probe that decides on the sampled-future sketch.")
     probe_samples: int = Field(default=32, ge=2, description="Samples per prompt of that probe, and the least of the full sketch.")
     future_sketch_share: float = Field(
@@ -258,6 +258,7 @@ class _SampleLearner:
         self.L = settings.future_length
         self.pools: dict[History, list[Completions]] = {}
         self.typical: dict[int, list[History]] = {}
+        self.future_found = False
         # Guess of the rank of the steps not learned yet, updated after every step.
         self.expected_rank = min(8, self.A ** min(self.L, self.H))
 
@@ -350,19 +351,28 @@ class _SampleLearner:
             )
         candidates = [c for c, keep in zip(candidates, sketched) if keep]
         counts = counts[sketched]
+        extension_count = int(sketched[: len(extensions)].sum())
 
         # Sketch and spanner: prefix events, unless they cannot see the rank.
         chosen, rank = self._spanner(counts)
         sketch = "prefix"
         V: FloatArray | None = None
         if self._wants_future_sketch(t, candidates, rank):
+            # Each candidate costs a chain of prompts per future, so this sketch keeps to the
+            # extensions, which the transfers need anyway.
             with ledger.in_phase("sketches"):
-                future = self._future_sketch(candidates, share - (ledger.samples - step_start), rank)
+                future = self._future_sketch(
+                    candidates[:extension_count], share - (ledger.samples - step_start), rank
+                )
             if future is not None:
+                candidates, counts = candidates[:extension_count], counts[:extension_count]
                 V, estimate = future
                 w = np.ones(V.shape[1])
                 chosen = self._choose(V, w, estimate, np.ones(len(candidates)))
                 sketch, rank = "sampled-future", estimate.rank
+                # State that prefix events missed once can stay hidden for many steps, and a
+                # probe can miss it, so later steps keep this sketch.
+                self.future_found = True
         self.expected_rank = len(chosen)
 
         # Tables of the spanner histories, from their completions topped up to equal counts.
@@ -406,11 +416,11 @@ class _SampleLearner:
         The prefix events see everything when they cover the whole future.  Otherwise
         ``auto`` switches when they find fewer dimensions than the rank the user gave, or
         when they find a single one (no structure at all) and a small probe with sampled
-        futures finds more.
+        futures finds more; once switched, it stays switched.
         """
         if self.settings.sketch == "prefix" or self.H - t <= self.L:
             return False
-        if self.settings.sketch == "sampled-future":
+        if self.settings.sketch == "sampled-future" or self.future_found:
             return True
         if self.settings.rank is not None:
             return detected < self.settings.rank
@@ -424,7 +434,7 @@ class _SampleLearner:
         Returns None when a probe shows no more dimensions than the prefix events found.
         """
         settings = self.settings
-        if settings.sketch == "auto" and settings.rank is None:
+        if settings.sketch == "auto" and settings.rank is None and not self.future_found:
             probe = self._estimate_future(candidates[: 2 * detected + 6], settings.probe_futures,
                                           settings.probe_samples)
             if probe is None or probe[1].rank <= detected:
@@ -453,7 +463,7 @@ class _SampleLearner:
         if not np.any(sketch.vectors):
             return None
         estimate = estimate_rank_with_noise(
-            sketch.vectors, sketch.noise, self.settings.rank, self.settings.rank_factor
+            sketch.vectors, sketch.noise, self.settings.rank, 1.5 * self.settings.rank_factor
         )
         logger.info("sampled-future sketch: %d candidates, %d futures, %d prompts x %d samples, rank %d",
                     len(candidates), m, len(prompts), n, estimate.rank)
