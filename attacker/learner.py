@@ -436,7 +436,7 @@ class _SampleLearner:
         settings = self.settings
         if settings.sketch == "auto" and settings.rank is None and not self.future_found:
             probe = self._estimate_future(candidates[: 2 * detected + 6], settings.probe_futures,
-                                          settings.probe_samples)
+                                          settings.probe_samples, cap=budget // 4)
             if probe is None or probe[1].rank <= detected:
                 logger.info("probe with sampled futures finds rank %s; keeping the prefix sketch",
                             None if probe is None else probe[1].rank)
@@ -444,11 +444,18 @@ class _SampleLearner:
         return self._estimate_future(candidates, settings.sketch_futures, budget=budget)
 
     def _estimate_future(
-        self, candidates: list[History], m: int, n: int | None = None, budget: int | None = None
+        self,
+        candidates: list[History],
+        m: int,
+        n: int | None = None,
+        budget: int | None = None,
+        cap: int | None = None,
     ) -> tuple[FloatArray, RankEstimate] | None:
         """Buy a sampled-future sketch with ``n`` samples per prompt, or with a share of
-        ``budget`` split evenly over the distinct prompts."""
+        ``budget`` split evenly over the distinct prompts; never more than ``cap`` samples."""
         remaining = self.oracle.ledger.remaining or 0
+        if cap is not None:
+            remaining = min(remaining, cap)
         if remaining < m:
             return None
         futures = draw_futures(self.oracle, candidates, m, self.rng)

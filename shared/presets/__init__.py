@@ -2,10 +2,11 @@
 
 ``load_model`` accepts:
 
-* a preset name: ``"english-words"``, ``"casino"``, ``"random-hmm"``, ``"rotation-clock"``;
+* a preset name: ``"english-words"``, ``"casino"``, ``"random-hmm"``, ``"rotation-clock"``,
+  ``"noisy-parity"``;
 * a preset name with parameters: ``"random-hmm:states=4,alphabet=3,horizon=8,seed=0"``,
-  ``"casino:horizon=20"``, ``"rotation-clock:horizon=8,phi=0.3"``; omitted parameters take
-  their defaults;
+  ``"casino:horizon=20"``, ``"rotation-clock:horizon=8,phi=0.3"``,
+  ``"noisy-parity:bits=24,noise=0.1,seed=0"``; omitted parameters take their defaults;
 * the path of a model file (see :mod:`shared.modelfile`).
 
 Presets
@@ -20,6 +21,10 @@ random-hmm
     A random HMM with every entry bounded away from zero.
 rotation-clock
     A rank-3 operator model that no HMM with at most ``H - 2`` states generates.
+noisy-parity
+    ``bits`` uniform bits, then the parity of a secret subset of them flipped with
+    probability ``noise``: a rank-2 HMM with ``4 bits + 2`` states that is as hard to learn
+    from samples alone as parity with noise.
 """
 
 from __future__ import annotations
@@ -34,12 +39,14 @@ import numpy as np
 from shared.model import SequenceModel
 from shared.modelfile import load_model_file
 from shared.presets.hmm_presets import casino, random_hmm
+from shared.presets.noisy_parity import DEFAULT_BITS, DEFAULT_NOISE, noisy_parity
 from shared.presets.rotation import DEFAULT_PHI, DEFAULT_THETA, rotation_clock
 
 __all__ = [
     "PRESET_NAMES",
     "casino",
     "load_model",
+    "noisy_parity",
     "parse_model_spec",
     "random_hmm",
     "rotation_clock",
@@ -74,6 +81,11 @@ def _build_rotation_clock(parameters: Mapping[str, ParameterValue]) -> SequenceM
     )
 
 
+def _build_noisy_parity(parameters: Mapping[str, ParameterValue]) -> SequenceModel:
+    rng = np.random.default_rng(int(parameters["seed"]))
+    return noisy_parity(int(parameters["bits"]), float(parameters["noise"]), rng)
+
+
 # name -> (builder, default of each parameter; the default's type is the parameter's type)
 _PRESETS: dict[str, tuple[_Builder, dict[str, ParameterValue]]] = {
     "english-words": (_load_english_words, {}),
@@ -85,6 +97,10 @@ _PRESETS: dict[str, tuple[_Builder, dict[str, ParameterValue]]] = {
     "rotation-clock": (
         _build_rotation_clock,
         {"horizon": 8, "phi": DEFAULT_PHI, "theta": DEFAULT_THETA},
+    ),
+    "noisy-parity": (
+        _build_noisy_parity,
+        {"bits": DEFAULT_BITS, "noise": DEFAULT_NOISE, "seed": 0},
     ),
 }
 PRESET_NAMES: tuple[str, ...] = tuple(_PRESETS)
