@@ -441,7 +441,7 @@ class _SampleLearner:
                 logger.info("probe with sampled futures finds rank %s; keeping the prefix sketch",
                             None if probe is None else probe[1].rank)
                 return None
-        return self._estimate_future(candidates, settings.sketch_futures, budget=budget)
+        return self._estimate_future(candidates, settings.sketch_futures, budget=budget, cap=budget)
 
     def _estimate_future(
         self,
@@ -464,7 +464,8 @@ class _SampleLearner:
             share = self.settings.future_sketch_share * (budget or 0)
             n = max(self.settings.probe_samples, int(share / max(len(prompts), 1)))
         n = min(n, (remaining - m) // max(len(prompts), 1))
-        if n < 2:
+        if n < self.settings.probe_samples:
+            # Fewer samples per prompt make the chain-rule products mostly noise.
             return None
         sketch = estimate_future_sketch(self.oracle, candidates, futures, n, self.rng)
         if not np.any(sketch.vectors):

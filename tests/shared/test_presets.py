@@ -240,7 +240,7 @@ def test_load_model_clone_file_points_to_load_clone(tmp_path: Path) -> None:
             "gpt-5",
             (
                 r"unknown model 'gpt-5': it is not a preset "
-                r"\(english-words, casino, random-hmm, rotation-clock\)"
+                r"\(english-words, casino, random-hmm, rotation-clock, noisy-parity\)"
             ),
         ),
         ("casino:sides=6", "unknown parameter 'sides' for preset casino; its parameters are"),
