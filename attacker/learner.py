@@ -269,11 +269,20 @@ class _SampleLearner:
 
         Every spanner history of every step should end with about the same number of
         samples, so step ``t`` gets ``k`` parts of what is left and each later step is
-        expected to need as many parts as the rank cap (or the last rank seen).
+        expected to need as many parts as the rank cap (or the last rank seen).  Once the
+        sampled-future sketch is in use, a step that needs it weighs ``H - t`` times more,
+        because each of its candidates costs a chain of ``H - t`` prompts per future.
         """
         remaining = self.oracle.ledger.remaining or 0
-        later = (self.H - 1 - t) * max(self.settings.rank or self.expected_rank, 1)
-        return int(remaining * k / (k + later))
+        rank = max(self.settings.rank or self.expected_rank, 1)
+        weights = [rank * self._cost_weight(s) for s in range(t + 1, self.H)]
+        own = k * self._cost_weight(t)
+        return int(remaining * own / (own + sum(weights)))
+
+    def _cost_weight(self, t: int) -> int:
+        """Relative cost of step ``t``: ``H - t`` with the sampled-future sketch, else 1."""
+        future = self.future_found or self.settings.sketch == "sampled-future"
+        return self.H - t if future and t > 0 and self.H - t > self.L else 1
 
     def _buy(self, wanted: dict[History, int], max_tokens: int) -> None:
         """Buy ``wanted[h]`` more completions of each ``h``, grouped by request size."""
