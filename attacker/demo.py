@@ -166,9 +166,11 @@ def _start_process(
     for attempt in range(1, PORT_ATTEMPTS + 1):
         port = _free_port()
         url = f"http://{HOST}:{port}"
+        # The demo's usage ledger lives and dies with its scratch folder.
         command = [
             sys.executable, "-m", "server.cli", "--model", model, "--host", HOST,
-            "--port", str(port), "--log-level", "WARNING", *server_args,
+            "--port", str(port), "--log-level", "WARNING",
+            "--ledger", str(log_path.parent / "ledger.sqlite3"), *server_args,
         ]
         with log_path.open("wb") as log:
             process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)

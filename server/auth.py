@@ -4,33 +4,34 @@ Clients send ``Authorization: Bearer <key>``.  The server stores only SHA-256 di
 the configured keys and compares digests with :func:`hmac.compare_digest`, against every
 configured key, so the time taken does not depend on how much of a key matched.  Logs and
 responses name a key by its *key id*, a prefix of its digest; they never contain a key.
+
+Keys come from the settings (``--api-key``, ``LOWRANK_API_KEYS``, ``--admin-key``,
+``LOWRANK_ADMIN_KEY``), which get the server-wide limits, and from a keys file
+(:mod:`server.keys`), whose entries may set their own limits and quota.
 """
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 from server.errors import ApiError
+from server.keys import KeyLimits, KeysFileError, key_digest, key_id_of_digest, load_keys_file
+from server.settings import Settings
 
 __all__ = ["KeyRing", "Principal", "key_id"]
 
 logger = logging.getLogger(__name__)
 
-_KEY_ID_HEX_CHARS = 12
 _BEARER_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="lowrank-steal"'}
-
-
-def _digest(key: str) -> bytes:
-    return hashlib.sha256(key.encode("utf-8")).digest()
 
 
 def key_id(key: str) -> str:
     """Return the public id of ``key``: ``"key_"`` and the first 12 hex digits of its SHA-256."""
-    return "key_" + _digest(key).hex()[:_KEY_ID_HEX_CHARS]
+    return key_id_of_digest(key_digest(key))
 
 
 @dataclass(frozen=True)
@@ -43,10 +44,14 @@ class Principal:
         Public id of the key.
     is_admin : bool
         Whether the key is the admin key.
+    limits : KeyLimits or None
+        Limits of a client key from the keys file; ``None`` for the server-wide limits
+        (and for the admin key, to which no limits apply).
     """
 
     key_id: str
     is_admin: bool
+    limits: KeyLimits | None = None
 
 
 class KeyRing:
@@ -55,22 +60,83 @@ class KeyRing:
     Parameters
     ----------
     api_keys : iterable of str
-        Keys of ordinary clients.
+        Keys of ordinary clients, with the server-wide limits.
     admin_key : str, optional
         The admin key.
+    digests : iterable of (bytes, Principal), optional
+        More keys given by their SHA-256 digest, such as the entries of a keys file.
+
+    Raises
+    ------
+    ValueError
+        If two keys have the same digest; the message names their key id.
     """
 
-    def __init__(self, api_keys: Iterable[str], admin_key: str | None) -> None:
-        self._entries = [(_digest(key), Principal(key_id(key), is_admin=False)) for key in api_keys]
+    def __init__(
+        self,
+        api_keys: Iterable[str],
+        admin_key: str | None,
+        digests: Iterable[tuple[bytes, Principal]] = (),
+    ) -> None:
+        entries = [(key_digest(key), Principal(key_id(key), is_admin=False)) for key in api_keys]
         if admin_key is not None:
-            self._entries.append((_digest(admin_key), Principal(key_id(admin_key), True)))
+            entries.append((key_digest(admin_key), Principal(key_id(admin_key), True)))
+        entries.extend(digests)
+
+        seen: set[bytes] = set()
+        for digest, principal in entries:
+            if digest in seen:
+                raise ValueError(
+                    f"key {principal.key_id} is configured twice (on the command line or "
+                    "in the environment, and in the keys file); configure each key once"
+                )
+            seen.add(digest)
+        self._entries = entries
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> KeyRing:
+        """Return the keys of ``settings``, reading its keys file if it names one.
+
+        Raises
+        ------
+        KeysFileError
+            If the keys file is invalid, or configures the admin key while the settings
+            do too, or repeats a key given on the command line or in the environment.
+        """
+        if settings.keys_file is None:
+            return cls(settings.api_keys, settings.admin_key)
+
+        path = Path(settings.keys_file)
+        parsed = load_keys_file(path)
+        defaults = KeyLimits.defaults(settings)
+        digests = [
+            (entry.digest, Principal(key_id_of_digest(entry.digest), False, entry.limits(defaults)))
+            for entry in parsed.keys.values()
+        ]
+        if parsed.admin is not None:
+            if settings.admin_key is not None:
+                raise KeysFileError(
+                    f"keys file {path} has an [admin] table but an admin key is also given "
+                    "by --admin-key or LOWRANK_ADMIN_KEY; configure the admin key once"
+                )
+            admin = parsed.admin.digest
+            digests.append((admin, Principal(key_id_of_digest(admin), is_admin=True)))
+        try:
+            return cls(settings.api_keys, settings.admin_key, digests)
+        except ValueError as error:
+            raise KeysFileError(f"keys file {path}: {error}") from error
+
+    @property
+    def size(self) -> int:
+        """Number of configured keys, the admin key included."""
+        return len(self._entries)
 
     def identify(self, authorization: str | None) -> Principal | None:
         """Return the caller of an ``Authorization`` header value, or None if not accepted."""
         token = _bearer_token(authorization)
         if token is None:
             return None
-        presented = _digest(token)
+        presented = key_digest(token)
         found = None
         # Compare against every key, without stopping at a match, to keep timing flat.
         for digest, principal in self._entries:

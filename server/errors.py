@@ -19,6 +19,10 @@ Codes and statuses
 429 ``rate_limited``             window exhausted; ``Retry-After`` says when to retry
 429 ``quota_exhausted``          lifetime quota spent; no retry helps
 500 ``internal_error``           a server bug; the message never contains internals
+503 ``limiter_unavailable``      the rate-limit storage (Redis) cannot be reached; nothing
+                                 was charged or served; ``Retry-After`` is set
+503 ``ledger_unavailable``       the usage ledger cannot be read or written; nothing was
+                                 charged or served; ``Retry-After`` is set
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""ASGI middleware: the request-body cap, rate-limit headers, the access log, the last-resort 500.
+"""ASGI middleware: the request-body cap, rate-limit headers, access log, metrics, last-resort 500.
 
 :class:`BodyLimitMiddleware` rejects a body over ``max_body_bytes`` with 413
 ``request_too_large``, from ``Content-Length`` before reading when the client declares it,
@@ -6,11 +6,11 @@ and otherwise while the body streams in.
 
 :class:`AccessMiddleware` wraps everything else.  It adds the caller's rate-limit headers
 to every response, errors included.  It logs one line per request (key id, method, path,
-status, error code, samples charged, quota left), at INFO or, for a rejection, at WARNING.
-It also turns an unhandled exception into a JSON 500 ``internal_error`` that reveals no
-internals.
-Route handlers report what they charged through ``scope["state"]``: ``samples_charged``
-and, for errors, ``error_code``.
+status, error code, samples charged, quota left, milliseconds), at INFO or, for a
+rejection, at WARNING, and records the request in the Prometheus metrics.  It also turns
+an unhandled exception into a JSON 500 ``internal_error`` that reveals no internals.
+Route handlers report through ``scope["state"]``: ``samples_charged`` and ``quota_left``
+after a charge and, for errors, ``error_code``.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from server.auth import KeyRing, Principal
 from server.errors import ApiError, error_response
 from server.limiter import Limiter
+from server.metrics import Metrics
 
 __all__ = ["AccessMiddleware", "BodyLimitMiddleware"]
 
@@ -91,12 +92,15 @@ class AccessMiddleware:
         Identifies the caller from the ``Authorization`` header.
     limiter : Limiter
         Source of the rate-limit headers and the quota left.
+    metrics : Metrics
+        Records each request.
     """
 
-    def __init__(self, app: ASGIApp, keyring: KeyRing, limiter: Limiter) -> None:
+    def __init__(self, app: ASGIApp, keyring: KeyRing, limiter: Limiter, metrics: Metrics) -> None:
         self.app = app
         self.keyring = keyring
         self.limiter = limiter
+        self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -131,7 +135,21 @@ class AccessMiddleware:
             )
             await response(scope, receive, send_with_headers)
         finally:
-            self._log(scope, state, principal, status, began)
+            seconds = time.perf_counter() - began
+            self._record(scope, state, status, seconds)
+            self._log(scope, state, principal, status, seconds)
+
+    def _record(self, scope: Scope, state: dict[str, object], status: int, seconds: float) -> None:
+        route = scope.get("route")
+        samples = state.get("samples_charged", 0) if status < 400 else 0
+        self.metrics.observe(
+            getattr(route, "path", None),
+            str(scope.get("method")),
+            status,
+            seconds,
+            _optional_str(state.get("error_code")),
+            samples if isinstance(samples, int) else 0,
+        )
 
     def _log(
         self,
@@ -139,9 +157,8 @@ class AccessMiddleware:
         state: dict[str, object],
         principal: Principal | None,
         status: int,
-        began: float,
+        seconds: float,
     ) -> None:
-        quota = self.limiter.quota_remaining(principal) if principal else None
         level = logging.INFO if status < 400 else logging.WARNING
         logger.log(
             level,
@@ -152,9 +169,26 @@ class AccessMiddleware:
             status,
             state.get("error_code", "-"),
             state.get("samples_charged", 0),
-            "unlimited" if quota is None else quota,
-            1000.0 * (time.perf_counter() - began),
+            self._quota_left(state, principal),
+            1000.0 * seconds,
         )
+
+    def _quota_left(self, state: dict[str, object], principal: Principal | None) -> object:
+        """Return the caller's quota left for the log: a count, ``unlimited``, or ``-``."""
+        if principal is None:
+            return "-"
+        if "quota_left" in state:
+            quota = state["quota_left"]
+        else:
+            try:
+                quota = self.limiter.quota_remaining(principal)
+            except ApiError:
+                return "unknown"
+        return "unlimited" if quota is None else quota
+
+
+def _optional_str(value: object) -> str | None:
+    return None if value is None else str(value)
 
 
 def _content_length(scope: Scope) -> int | None:

@@ -11,9 +11,14 @@
 ``POST /v1/judge/logprob``
     Exact log-probabilities of sequences; admin key only.
 ``GET /v1/usage``
-    The caller's totals, quota left and limits.
+    The caller's totals, quota left and limits, read from the usage ledger.
 ``GET /healthz``
     Liveness; no key needed.
+``GET /metrics``
+    Prometheus metrics in the text format; no key needed, and no metric names a key.
+
+The OpenAPI document declares every error status that a route can return, each with the
+``ErrorBody`` schema, so that clients and schema-based fuzzers can check responses.
 """
 
 from __future__ import annotations
@@ -25,13 +30,15 @@ from typing import Annotated, Any
 
 import numpy as np
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import Response
+from fastapi.responses import PlainTextResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 
 from server.auth import KeyRing, Principal
 from server.judge import judge_log_probs
+from server.ledger import Charge
 from server.limiter import Limiter
+from server.metrics import Metrics
 from server.sampling import plan_request, serve_plan
 from server.settings import Settings
 from shared.model import SequenceModel
@@ -68,6 +75,7 @@ class ServerState:
     model_id: str
     keyring: KeyRing
     limiter: Limiter
+    metrics: Metrics
     rng_factory: RngFactory
 
 
@@ -82,15 +90,17 @@ _bearer = HTTPBearer(auto_error=False, description="An API key, or the admin key
 BearerCredentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 
 
-def _client(request: Request, _: BearerCredentials) -> Principal:
+# The dependencies are coroutines because FastAPI runs plain functions in its thread pool,
+# and that hop would cost more than the key check itself.
+async def _client(request: Request, _: BearerCredentials) -> Principal:
     return _state(request).keyring.authenticate(request.headers.get("authorization"))
 
 
-def _admin(request: Request, _: BearerCredentials) -> Principal:
+async def _admin(request: Request, _: BearerCredentials) -> Principal:
     return _state(request).keyring.require_admin(request.headers.get("authorization"))
 
 
-def _optional_client(request: Request, _: BearerCredentials) -> Principal | None:
+async def _optional_client(request: Request, _: BearerCredentials) -> Principal | None:
     if request.headers.get("authorization") is None:
         return None
     return _state(request).keyring.authenticate(request.headers.get("authorization"))
@@ -103,7 +113,14 @@ def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
 router = APIRouter()
 
 
-@router.get("/v1/model", response_model=ModelInfo, responses=_errors(401))
+# The key is optional here: FastAPI appends this empty requirement to the Bearer one,
+# which in OpenAPI means "Bearer, or no authentication".
+@router.get(
+    "/v1/model",
+    response_model=ModelInfo,
+    responses=_errors(401),
+    openapi_extra={"security": [{}]},
+)
 async def get_model(
     request: Request, principal: Annotated[Principal | None, Depends(_optional_client)]
 ) -> ModelInfo:
@@ -123,7 +140,7 @@ async def get_model(
 @router.post(
     "/v1/complete",
     response_model=CompleteResponse,
-    responses=_errors(400, 401, 403, 413, 422, 429),
+    responses=_errors(400, 401, 403, 413, 415, 422, 429, 503),
 )
 async def complete(
     request: Request,
@@ -133,11 +150,13 @@ async def complete(
     """Sample completions of the prompts, or return their exact next-token laws."""
     state = _state(request)
 
-    # Validate everything, then charge, then sample: a rejected request costs nothing.
+    # Validate everything, then charge, then sample: a rejected request costs nothing,
+    # and a crash after the charge never hands out samples that were not paid for.
     plan = plan_request(state.model, body, state.settings)
-    state.limiter.admit(principal, plan.samples)
+    usage = state.limiter.admit(principal, Charge.of_request(body, plan.samples, plan.tokens))
+    quota_left = state.limiter.quota_remaining(principal, usage)
     request.state.samples_charged = plan.samples
-    quota_left = state.limiter.quota_remaining(principal)
+    request.state.quota_left = quota_left
     rng = state.rng_factory(body.seed)
 
     args = (state.model, plan, rng, state.model_id, quota_left)
@@ -145,12 +164,13 @@ async def complete(
         content = serve_plan(*args)
     else:
         content = await run_in_threadpool(serve_plan, *args)
-    state.limiter.ledger.add_tokens(principal.key_id, plan.tokens)
     return Response(content=content, media_type="application/json")
 
 
 @router.post(
-    "/v1/judge/logprob", response_model=JudgeResponse, responses=_errors(400, 401, 403, 413, 422)
+    "/v1/judge/logprob",
+    response_model=JudgeResponse,
+    responses=_errors(400, 401, 403, 413, 415, 422),
 )
 async def judge(
     request: Request, body: JudgeRequest, principal: Annotated[Principal, Depends(_admin)]
@@ -164,17 +184,17 @@ async def judge(
     return JudgeResponse(model_id=state.model_id, log_probs=log_probs)
 
 
-@router.get("/v1/usage", response_model=UsageReport, responses=_errors(401))
+@router.get("/v1/usage", response_model=UsageReport, responses=_errors(401, 503))
 async def usage(request: Request, principal: Annotated[Principal, Depends(_client)]) -> UsageReport:
     """Report the caller's totals, quota left and limits."""
     limiter = _state(request).limiter
-    totals = limiter.ledger.usage(principal.key_id)
+    totals = limiter.usage(principal)
     return UsageReport(
         key_id=principal.key_id,
         requests=totals.requests,
         samples=totals.samples,
         tokens=totals.tokens,
-        quota_remaining=limiter.quota_remaining(principal),
+        quota_remaining=limiter.quota_remaining(principal, totals),
         limits=limiter.limits_for(principal),
     )
 
@@ -183,3 +203,14 @@ async def usage(request: Request, principal: Annotated[Principal, Depends(_clien
 async def healthz(request: Request) -> Health:
     """Report that the server is up and which model it hosts."""
     return Health(model_id=_state(request).model_id)
+
+
+@router.get(
+    "/metrics",
+    response_class=PlainTextResponse,
+    responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+)
+async def metrics(request: Request) -> Response:
+    """Return the server's metrics in the Prometheus text format."""
+    exported = _state(request).metrics
+    return Response(content=exported.render(), media_type=exported.content_type)

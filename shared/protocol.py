@@ -43,6 +43,12 @@ class _Message(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+class _Request(_Message):
+    # Strict types: a request with ``true`` as a token id or ``"1"`` as ``n`` is rejected
+    # instead of silently converted.
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+
 class Oracles(_Message):
     """Kinds of query the server sells."""
 
@@ -76,7 +82,7 @@ class ModelInfo(_Message):
     limits: Limits | None = Field(default=None, description="Limits of the calling key.")
 
 
-class CompleteRequest(_Message):
+class CompleteRequest(_Request):
     """``POST /v1/complete``: sampled completions, or next-token laws, of prompts."""
 
     prompts: list[list[int]] = Field(
@@ -139,7 +145,7 @@ class CompleteResponse(_Message):
     usage: Usage
 
 
-class JudgeRequest(_Message):
+class JudgeRequest(_Request):
     """``POST /v1/judge/logprob``: exact log-probabilities (admin only)."""
 
     sequences: list[list[int]] = Field(

@@ -1,20 +1,31 @@
-"""Fixtures that run real ``lowrank-server`` processes on free loopback ports.
+"""Fixtures that run real ``lowrank-server`` and ``redis-server`` processes on loopback.
 
 ``start_server(model, api_keys=..., admin_key=..., args=...)`` launches
 ``python -m server.cli`` on ``127.0.0.1``, waits until ``GET /healthz`` returns 200, and
-returns the base URL.  Keys reach the process through ``LOWRANK_API_KEYS`` and
-``LOWRANK_ADMIN_KEY``.  Every process started is terminated when the test ends; its
-output goes to a log file under the test's ``tmp_path``, quoted if start-up fails.
+returns the base URL.  ``launch_server`` takes the same arguments and returns a
+:class:`ServerProcess` with the process too, for tests that kill it.  Keys reach the
+process through ``LOWRANK_API_KEYS`` and ``LOWRANK_ADMIN_KEY``.  Unless ``args`` name a
+``--ledger``, each server gets a fresh ledger file under the test's ``tmp_path``.  Every
+process started runs in its own process group, which is terminated when the test ends.
+Its output goes to a log file under ``tmp_path``, quoted if start-up fails.
+
+``redis_server()`` starts a ``redis-server`` without persistence on a free loopback port
+and returns a :class:`RedisProcess` that can be stopped and started again on that port.
+Tests that use it are skipped when the ``redis-server`` binary is not installed
+(Debian package ``redis-server``).
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import signal
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -29,7 +40,7 @@ PORT_ATTEMPTS = 3
 StartServer = Callable[..., str]
 
 
-def _free_port() -> int:
+def free_port() -> int:
     """Return a TCP port that was free on the loopback address a moment ago."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind((HOST, 0))
@@ -37,14 +48,23 @@ def _free_port() -> int:
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is not None:
-        return
-    process.terminate()
+    """Terminate the process group of ``process`` (its workers too), then kill it if needed."""
+    if process.poll() is None:
+        _signal_group(process, signal.SIGTERM)
+        try:
+            process.wait(timeout=STOP_TIMEOUT_SECONDS)
+        except subprocess.TimeoutExpired:
+            _signal_group(process, signal.SIGKILL)
+            process.wait(timeout=STOP_TIMEOUT_SECONDS)
+    # Workers of a killed server would outlive it; end whatever is left of its group.
+    _signal_group(process, signal.SIGKILL)
+
+
+def _signal_group(process: subprocess.Popen[bytes], signum: int) -> None:
     try:
-        process.wait(timeout=STOP_TIMEOUT_SECONDS)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(timeout=STOP_TIMEOUT_SECONDS)
+        os.killpg(process.pid, signum)
+    except ProcessLookupError:
+        pass
 
 
 def _wait_ready(process: subprocess.Popen[bytes], base_url: str) -> bool:
@@ -62,17 +82,33 @@ def _wait_ready(process: subprocess.Popen[bytes], base_url: str) -> bool:
     raise TimeoutError(f"server at {base_url} not ready after {STARTUP_TIMEOUT_SECONDS} s")
 
 
+@dataclass
+class ServerProcess:
+    """A running server: its base URL, process and log file."""
+
+    base_url: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def log(self) -> str:
+        """Return the server's output so far."""
+        return self.log_path.read_text(errors="replace")
+
+
+LaunchServer = Callable[..., ServerProcess]
+
+
 @pytest.fixture
-def start_server(tmp_path: Path) -> Iterator[StartServer]:
-    """Return a factory that starts a server process and returns its base URL."""
+def launch_server(tmp_path: Path) -> Iterator[LaunchServer]:
+    """Return a factory that starts a server process and returns a :class:`ServerProcess`."""
     processes: list[subprocess.Popen[bytes]] = []
 
-    def start(
+    def launch(
         model: str,
         api_keys: Sequence[str] = ("test-client-key",),
         admin_key: str | None = "test-admin-key",
         args: Sequence[str] = (),
-    ) -> str:
+    ) -> ServerProcess:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(
             part for part in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if part
@@ -81,9 +117,12 @@ def start_server(tmp_path: Path) -> Iterator[StartServer]:
         env.pop("LOWRANK_ADMIN_KEY", None)
         if admin_key is not None:
             env["LOWRANK_ADMIN_KEY"] = admin_key
+        args = list(args)
+        if "--ledger" not in args:
+            args += ["--ledger", str(tmp_path / f"ledger-{len(processes)}.sqlite3")]
 
         for attempt in range(PORT_ATTEMPTS):
-            port = _free_port()
+            port = free_port()
             log_path = tmp_path / f"server-{len(processes)}.log"
             command = [
                 sys.executable,
@@ -99,7 +138,12 @@ def start_server(tmp_path: Path) -> Iterator[StartServer]:
             ]
             with log_path.open("wb") as log:
                 process = subprocess.Popen(
-                    command, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+                    command,
+                    cwd=REPO_ROOT,
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
                 )
             processes.append(process)
             base_url = f"http://{HOST}:{port}"
@@ -109,7 +153,7 @@ def start_server(tmp_path: Path) -> Iterator[StartServer]:
                 _stop(process)
                 pytest.fail(f"{error}; server log:\n{log_path.read_text()[-4000:]}")
             if ready:
-                return base_url
+                return ServerProcess(base_url, process, log_path)
             output = log_path.read_text()
             # Another process may have taken the port between the probe and the bind.
             if "address already in use" not in output.lower() or attempt + 1 == PORT_ATTEMPTS:
@@ -119,7 +163,95 @@ def start_server(tmp_path: Path) -> Iterator[StartServer]:
                 )
         raise AssertionError("unreachable: every attempt returns or fails")
 
-    yield start
+    yield launch
 
     for process in processes:
         _stop(process)
+
+
+@pytest.fixture
+def start_server(launch_server: LaunchServer) -> StartServer:
+    """Return a factory that starts a server process and returns its base URL."""
+
+    def start(
+        model: str,
+        api_keys: Sequence[str] = ("test-client-key",),
+        admin_key: str | None = "test-admin-key",
+        args: Sequence[str] = (),
+    ) -> str:
+        return launch_server(model, api_keys, admin_key, args).base_url
+
+    return start
+
+
+@dataclass
+class RedisProcess:
+    """A ``redis-server`` without persistence on a fixed loopback port."""
+
+    binary: str
+    port: int
+    directory: Path
+    process: subprocess.Popen[bytes] | None = None
+    starts: int = field(default=0)
+
+    @property
+    def url(self) -> str:
+        return f"redis://{HOST}:{self.port}/0"
+
+    def start(self) -> None:
+        """Start the server on :attr:`port` and wait until it replies to PING."""
+        log_path = self.directory / f"redis-{self.starts}.log"
+        self.starts += 1
+        command = [
+            self.binary,
+            "--port", str(self.port),
+            "--bind", HOST,
+            "--save", "",
+            "--appendonly", "no",
+            "--dir", str(self.directory),
+        ]  # fmt: skip
+        with log_path.open("wb") as log:
+            self.process = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        deadline = time.monotonic() + STARTUP_TIMEOUT_SECONDS
+        while not self._answers_ping():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"redis-server did not start; log:\n{log_path.read_text()}")
+            time.sleep(0.02)  # start-up polling interval, not a timing assumption of a test
+
+    def stop(self) -> None:
+        """Stop the server and wait until it has exited."""
+        if self.process is not None:
+            _stop(self.process)
+            self.process = None
+
+    def _answers_ping(self) -> bool:
+        try:
+            with socket.create_connection((HOST, self.port), timeout=1.0) as connection:
+                connection.sendall(b"PING\r\n")
+                return connection.recv(64).startswith(b"+PONG")
+        except OSError:
+            return False
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[Callable[[], RedisProcess]]:
+    """Return a factory that starts a ``redis-server``; skip the test if none is installed."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("redis-server is not installed (apt-get install redis-server)")
+    started: list[RedisProcess] = []
+
+    def start() -> RedisProcess:
+        directory = tmp_path / f"redis-{len(started)}"
+        directory.mkdir()
+        redis = RedisProcess(binary, free_port(), directory)
+        started.append(redis)
+        redis.start()
+        return redis
+
+    yield start
+
+    for redis in started:
+        redis.stop()

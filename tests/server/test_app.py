@@ -6,6 +6,9 @@ import httpx
 import numpy as np
 import pytest
 
+from server.app import create_app
+from server.auth import key_id
+from server.ledger import KeyUsage, Ledger
 from shared.automaton import HMM
 from shared.protocol import CompleteResponse, JudgeResponse, ModelInfo, UsageReport
 
@@ -277,3 +280,61 @@ async def test_openapi_lists_routes(client) -> None:
 
     assert {"/v1/model", "/v1/complete", "/v1/judge/logprob", "/v1/usage", "/healthz"} <= set(paths)
     assert "429" in paths["/v1/complete"]["post"]["responses"]
+
+
+class _BrokenHMM(HMM):
+    """An HMM whose sampler fails after the request was charged."""
+
+    def sample(self, *args: object, **kwargs: object) -> np.ndarray:
+        raise RuntimeError("sampler failed")
+
+
+async def test_complete_charges_before_sampling(model: HMM, keys, make_settings) -> None:
+    broken = _BrokenHMM(model.alphabet, model.horizon, model.pi, model.T, model.O)
+    ledger = Ledger(":memory:")
+    app = create_app(make_settings(), model=broken, ledger=ledger)
+    transport = httpx.ASGITransport(app=app)
+
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        response = await client.post(
+            "/v1/complete", json={"prompts": [[0]], "n": 4}, headers=keys.auth(keys.client)
+        )
+
+    assert response.status_code == 500
+    assert ledger.usage(key_id(keys.client)) == KeyUsage(requests=1, samples=4, tokens=20)
+    assert [entry.charge.prompts for entry in ledger.audit()] == [[[0]]]
+
+
+async def test_usage_survives_app_restart(make_client, keys, tmp_path) -> None:
+    settings = {"ledger": str(tmp_path / "ledger.sqlite3"), "quota_samples": 50}
+    request = {"prompts": [[]], "n": 30}
+    async with make_client(**settings) as client:
+        first = await client.post("/v1/complete", json=request, headers=keys.auth(keys.client))
+
+    async with make_client(**settings) as client:
+        report = (await client.get("/v1/usage", headers=keys.auth(keys.client))).json()
+        rejected = await client.post("/v1/complete", json=request, headers=keys.auth(keys.client))
+
+    assert first.status_code == 200
+    assert report["samples"] == 30
+    assert report["quota_remaining"] == 20
+    assert rejected.status_code == 429
+    assert rejected.json()["error"]["code"] == "quota_exhausted"
+
+
+async def test_complete_audits_admin_queries(model: HMM, keys, make_settings) -> None:
+    ledger = Ledger(":memory:")
+    app = create_app(make_settings(), model=model, ledger=ledger)
+    transport = httpx.ASGITransport(app=app)
+
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        await client.post(
+            "/v1/complete",
+            json={"prompts": [[1]], "n": 2, "max_tokens": 3, "seed": 11},
+            headers=keys.auth(keys.admin),
+        )
+
+    (entry,) = ledger.audit()
+    assert entry.key_id == key_id(keys.admin)
+    assert (entry.charge.n, entry.charge.max_tokens, entry.charge.seed) == (2, 3, 11)
+    assert entry.charge.tokens == 6
