@@ -1,4 +1,4 @@
-"""Command line of the attacker, ``lowrank-attack``: steal a model, score a clone, run the demo.
+"""Command line of the attacker, ``lowrank-attack``: steal, score, demo, baselines, comparison.
 
 Results go to stdout (a table, or JSON with ``--json``); progress and errors go to stderr.
 Exit status: 0 on success, 1 when the server or the network fails (unreachable URL,
@@ -26,14 +26,41 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
+from attacker.baselines import (
+    BASELINE_NAMES,
+    BaselineOptions,
+    MissingDependencyError,
+    buy_samples,
+    check_baseline_available,
+    check_baseline_inputs,
+    fit_baseline,
+    save_baseline,
+)
 from attacker.client import HttpJudge, HttpOracle
 from attacker.clone import load_any_model
+from attacker.compare import (
+    LEARNER_NAME,
+    ComparisonInputError,
+    compare_over_http,
+    comparison_table,
+    rows_to_json,
+    write_csv,
+)
 from attacker.demo import ServerStartError, run_demo
 from attacker.evaluate import evaluate, report_to_dict
 from attacker.learner import LearnerSettings, learn
 from attacker.oracle import OracleError
 
-__all__ = ["AttackFailedError", "UsageError", "app", "main", "run_evaluate", "run_steal"]
+__all__ = [
+    "AttackFailedError",
+    "UsageError",
+    "app",
+    "main",
+    "run_baseline",
+    "run_compare",
+    "run_evaluate",
+    "run_steal",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +88,13 @@ class ProjectionChoice(str, Enum):
     kl = "kl"
     clip = "clip"
     none = "none"
+
+
+class BaselineChoice(str, Enum):
+    em = "em"
+    spectral = "spectral"
+    empirical = "empirical"
+    ngram = "ngram"
 
 
 class UsageError(Exception):
@@ -177,16 +211,138 @@ def run_steal(
 
 def _check_steal_inputs(budget: int, out: Path, settings: dict[str, Any]) -> LearnerSettings:
     """Validate the arguments of ``steal`` before any query is bought."""
+    _check_budget_and_out(budget, out)
+    try:
+        return LearnerSettings(**settings)
+    except ValidationError as exc:
+        raise UsageError(f"invalid learner settings: {_first_error(exc)}") from exc
+
+
+def _check_budget_and_out(budget: int, out: Path) -> None:
     if budget <= 0:
         raise UsageError(f"--budget must be a positive number of samples, got {budget}")
     if not out.parent.is_dir():
         raise UsageError(f"output directory {out.parent} does not exist; create it first")
     if not os.access(out.parent, os.W_OK):
         raise UsageError(f"output directory {out.parent} is not writable; choose another --out")
+
+
+def run_baseline(
+    name: str,
+    url: str,
+    api_key: str,
+    budget: int,
+    out: Path,
+    options: BaselineOptions,
+    seed: int = 0,
+    max_concurrency: int = 8,
+    max_retries: int = 5,
+    clock: Callable[[], float] = time.monotonic,
+) -> dict[str, Any]:
+    """Buy ``budget`` full sequences, fit baseline ``name``, save it to ``out``; return a summary.
+
+    Raises
+    ------
+    UsageError
+        For an invalid budget, output directory or option, a baseline that cannot fit the
+        server's model, or a missing optional package, before any sample is bought.
+    OracleError, AttackFailedError, OSError
+        If the server, the fit or the saving fails.
+    """
+    _check_budget_and_out(budget, out)
     try:
-        return LearnerSettings(**settings)
+        check_baseline_available(name)
+    except (ValueError, MissingDependencyError) as exc:
+        raise UsageError(str(exc)) from exc
+
+    started = clock()
+    with _open_oracle(
+        url, api_key, budget, max_concurrency=max_concurrency, max_retries=max_retries,
+        sampling_seed=seed,
+    ) as oracle:
+        try:
+            check_baseline_inputs(name, oracle.alphabet_size, oracle.horizon, options)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from exc
+        logger.info("buying %d samples of %s for the %s baseline", budget,
+                    oracle.model_info.model_id, name)
+        samples = buy_samples(oracle, budget)
+        ledger, model_id = oracle.ledger, oracle.model_info.model_id
+    try:
+        result = fit_baseline(name, samples, options, np.random.default_rng(seed), clock)
+    except ValueError as exc:
+        raise AttackFailedError(f"the {name} baseline failed: {exc}") from exc
+    save_baseline(result.model, out, result.metadata())
+    return {
+        "out": str(out),
+        "model_id": model_id,
+        "baseline": name,
+        "budget": budget,
+        "samples": ledger.samples,
+        "tokens": ledger.tokens,
+        "requests": ledger.requests,
+        "fitted_on": result.fitted_on,
+        "seconds": round(clock() - started, 3),
+        "note": result.note,
+    }
+
+
+def run_compare(
+    url: str,
+    api_key: str,
+    admin_key: str,
+    budgets: str,
+    learners: str,
+    settings: dict[str, Any],
+    options: BaselineOptions,
+    sequences: int = 5000,
+    seed: int = 0,
+    csv_path: Path | None = None,
+) -> dict[str, Any]:
+    """Compare the learner and the baselines at each budget; write the CSV; return a summary.
+
+    Parameters
+    ----------
+    budgets, learners : str
+        Comma-separated lists, such as ``"100000,1000000"`` and ``"liu-moitra,em"``.
+    settings : dict
+        Fields of :class:`attacker.learner.LearnerSettings`.
+
+    Raises
+    ------
+    UsageError
+        For invalid lists, settings or paths, before any query is bought.
+    """
+    try:
+        budget_list = [int(item) for item in budgets.split(",") if item.strip()]
+    except ValueError as exc:
+        raise UsageError(f"--budgets must be comma-separated integers, got {budgets!r}") from exc
+    learner_list = [item.strip() for item in learners.split(",") if item.strip()]
+    if sequences < 2:
+        raise UsageError(f"--sequences must be at least 2, got {sequences}")
+    if csv_path is not None and not csv_path.parent.is_dir():
+        raise UsageError(f"output directory {csv_path.parent} does not exist; create it first")
+    try:
+        learner_settings = LearnerSettings(**settings)
     except ValidationError as exc:
         raise UsageError(f"invalid learner settings: {_first_error(exc)}") from exc
+    try:
+        model_id, rows = compare_over_http(
+            url, api_key, admin_key, budget_list, learner_list, learner_settings, options,
+            sequences, seed,
+        )
+    except (ComparisonInputError, MissingDependencyError) as exc:
+        raise UsageError(str(exc)) from exc
+    except ValueError as exc:
+        # A prompt of probability zero, or a fit that failed.
+        raise AttackFailedError(f"the comparison failed: {exc}") from exc
+    if csv_path is not None:
+        write_csv(rows, csv_path)
+    return {
+        "model_id": model_id,
+        "csv": None if csv_path is None else str(csv_path),
+        "rows": rows_to_json(rows),
+    }
 
 
 def run_evaluate(
@@ -393,6 +549,130 @@ def demo(
         f"TV {_number(scores['tv'])} (95% upper bound {_number(scores['tv_upper95'])}), "
         f"KL {_number(scores['kl'])} nats, from {result['steal']['samples']:,} samples"
     )
+
+
+StatesOption = Annotated[
+    int | None,
+    typer.Option("--states", help="Hidden states S of the em and spectral baselines; default 4."),
+]
+OrderOption = Annotated[
+    int, typer.Option("--order", help="Order k of the ngram baseline (tokens of context).")
+]
+TimeLimitOption = Annotated[
+    float, typer.Option("--time-limit", help="Seconds the em baseline may spend fitting.")
+]
+RestartsOption = Annotated[
+    int, typer.Option("--restarts", help="Random starts of the em baseline.")
+]
+
+
+def _baseline_options(
+    states: int | None, order: int, time_limit: float, restarts: int,
+    pseudocount: float | None = None,
+) -> BaselineOptions:
+    try:
+        return BaselineOptions(
+            states=4 if states is None else states, order=order, pseudocount=pseudocount,
+            restarts=restarts, time_limit=time_limit,
+        )
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+
+
+@app.command()
+def baseline(
+    name: Annotated[
+        BaselineChoice,
+        typer.Argument(metavar="NAME", help="Baseline: " + ", ".join(BASELINE_NAMES) + "."),
+    ],
+    url: UrlArgument,
+    api_key: Annotated[
+        str, typer.Option("--api-key", envvar="LOWRANK_API_KEY", help="Client API key.")
+    ],
+    budget: Annotated[int, typer.Option("--budget", help="Full-sequence samples to buy.")],
+    out: Annotated[Path, typer.Option("--out", help="Where to write the model file (JSON).")],
+    states: StatesOption = None,
+    order: OrderOption = 2,
+    pseudocount: Annotated[
+        float | None,
+        typer.Option("--pseudocount", help="Added to each next-token count of empirical "
+                     "(default 0.5) and ngram (default 1)."),
+    ] = None,
+    time_limit: TimeLimitOption = 3600.0,
+    restarts: RestartsOption = 4,
+    seed: SeedOption = 0,
+    as_json: JsonOption = False,
+) -> None:
+    """Buy full sequences from the server at URL and fit a classical baseline to them."""
+    with _reported_errors():
+        options = _baseline_options(states, order, time_limit, restarts, pseudocount)
+        summary = run_baseline(name.value, url, api_key, budget, out, options, seed=seed)
+    if as_json:
+        _print_json(summary)
+        return
+    title = f"Baseline {summary['baseline']} of {summary['model_id']} -> {summary['out']}"
+    table = Table(title=title)
+    table.add_column("quantity")
+    table.add_column("value", justify="right")
+    for key in ("samples", "tokens", "requests", "fitted_on", "seconds"):
+        value = summary[key]
+        table.add_row(key, f"{value:,}" if isinstance(value, int) else str(value))
+    if summary["note"]:
+        table.add_row("note", summary["note"])
+    Console().print(table)
+
+
+@app.command()
+def compare(
+    url: UrlArgument,
+    api_key: Annotated[
+        str, typer.Option("--api-key", envvar="LOWRANK_API_KEY", help="Client API key.")
+    ],
+    admin_key: Annotated[
+        str,
+        typer.Option("--admin-key", envvar="LOWRANK_ADMIN_KEY", help="The server's admin key."),
+    ],
+    budgets: Annotated[
+        str,
+        typer.Option("--budgets", help="Comma-separated budgets in samples, e.g. 100000,1000000."),
+    ],
+    learners: Annotated[
+        str,
+        typer.Option("--learners", help=f"Comma-separated methods from {LEARNER_NAME}, "
+                     + ", ".join(BASELINE_NAMES) + "."),
+    ] = f"{LEARNER_NAME},em,spectral,empirical",
+    rank: Annotated[
+        int | None,
+        typer.Option("--rank", help="Rank of the learner at every step; default: estimated."),
+    ] = None,
+    states: Annotated[
+        int | None,
+        typer.Option(
+            "--states", help="Hidden states S of em and spectral; default --rank, else 4."
+        ),
+    ] = None,
+    order: OrderOption = 2,
+    time_limit: TimeLimitOption = 3600.0,
+    restarts: RestartsOption = 4,
+    sequences: Annotated[
+        int, typer.Option("--sequences", help="Reference sequences of each Monte Carlo score.")
+    ] = 5000,
+    csv_path: Annotated[
+        Path | None, typer.Option("--csv", help="Also write the table to this CSV file.")
+    ] = None,
+    seed: SeedOption = 0,
+    as_json: JsonOption = False,
+) -> None:
+    """Run the learner and the baselines on the server at URL at each budget; tabulate TV and KL."""
+    with _reported_errors():
+        options = _baseline_options(states if states is not None else rank, order, time_limit,
+                                    restarts)
+        summary = run_compare(url, api_key, admin_key, budgets, learners, {"rank": rank}, options,
+                              sequences, seed, csv_path)
+    if as_json:
+        _print_json(summary)
+    else:
+        Console().print(comparison_table(summary["rows"], f"Learners on {summary['model_id']}"))
 
 
 def main() -> None:

@@ -313,12 +313,23 @@ def load_clone(path: str | os.PathLike[str]) -> Clone:
 
 
 def load_any_model(path: str | os.PathLike[str]) -> SequenceModel:
-    """Load a clone or a model file (``kind`` hmm or operator) from ``path``."""
+    """Load a clone, a model file (``kind`` hmm or operator) or a baseline from ``path``.
+
+    Baselines of kind spectral, empirical or ngram are read by
+    :func:`attacker.baselines.baseline_from_dict`.
+    """
     data = _read_json(path)
     if data.get("kind") == CLONE_KIND:
         try:
             return Clone.from_dict(data)
         except CloneFileError as error:
+            raise CloneFileError(f"{path}: {error}") from error
+    from attacker.baselines import BASELINE_KINDS, BaselineFileError, baseline_from_dict
+
+    if data.get("kind") in BASELINE_KINDS:
+        try:
+            return baseline_from_dict(data)
+        except BaselineFileError as error:
             raise CloneFileError(f"{path}: {error}") from error
     from shared.modelfile import ModelFileError, model_from_dict
 

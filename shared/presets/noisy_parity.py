@@ -101,7 +101,7 @@ def noisy_parity(
     Returns
     -------
     HMM
-        ``S = 4 n + 2`` states.  ``metadata["subset"]`` holds the secret subset.
+        ``S = 4 n + 2`` states.  ``metadata["subset"]`` is the secret subset.
 
     Notes
     -----
