@@ -146,6 +146,8 @@ class HMM(OperatorModel):
             )
         M = np.einsum("ia,ij->aij", self.O, self.T)
         super().__init__(alphabet, horizon, self.pi, M, np.ones(S))
+        # (A, S): row o is O[:, o], so a batch gathers contiguous rows.
+        self._O_rows = np.ascontiguousarray(self.O.T)
 
     @property
     def num_states(self) -> int:
@@ -156,6 +158,6 @@ class HMM(OperatorModel):
         return states @ self.O
 
     def advance(self, states: FloatArray, t: int, tokens: IntArray) -> FloatArray:
-        joint = states * self.O[:, tokens].T
+        joint = states * self._O_rows[tokens]
         joint /= joint.sum(axis=1, keepdims=True)
         return joint @ self.T
