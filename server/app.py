@@ -63,6 +63,11 @@ def load_hosted_model(name_or_path: str) -> SequenceModel:
     return load_model(name_or_path)
 
 
+def public_model_id(model_id: str) -> str:
+    """Return ``model_id`` without preset parameters, which may include a secret seed."""
+    return model_id.split(":", 1)[0]
+
+
 def create_app(
     settings: Settings,
     model: SequenceModel | None = None,
@@ -101,7 +106,9 @@ def create_app(
     """
     if model is None:
         model = load_hosted_model(settings.model)
-    model_id = str(getattr(model, "model_id", None) or settings.model)
+    model_id = settings.model_id or public_model_id(
+        str(getattr(model, "model_id", None) or settings.model)
+    )
     if clock is None:
         clock = time.monotonic if settings.redis_url is None else time.time
 

@@ -87,6 +87,12 @@ def _add_serving_options(group: argparse._ArgumentGroup) -> None:
         metavar="NAME_OR_PATH",
         help="preset name, 'preset:key=value,...', or model file path",
     )
+    group.add_argument(
+        "--model-id",
+        metavar="NAME",
+        help="name published for the model (default: the preset name without its "
+        "parameters, which may include a secret seed, or the file name)",
+    )
     group.add_argument("--host", metavar="ADDRESS", help="address to listen on (default 127.0.0.1)")
     group.add_argument("--port", type=int, metavar="PORT", help="TCP port (default 8000)")
     group.add_argument(

@@ -68,6 +68,12 @@ class Settings(BaseModel):
     model: str = Field(
         min_length=1, description="Preset name, preset with parameters, or model file path."
     )
+    model_id: str | None = Field(
+        default=None,
+        min_length=1,
+        description="Name published for the model; default: the preset name without its "
+        "parameters (they may include a secret seed), or the model file's name.",
+    )
     host: str = Field(default="127.0.0.1", description="Address to listen on.")
     port: int = Field(default=8000, ge=0, le=65535, description="TCP port; 0 picks a free one.")
     api_keys: tuple[str, ...] = Field(default=(), repr=False, description="Client API keys.")
