@@ -106,9 +106,8 @@ def noisy_parity(
     Notes
     -----
     NOTE: the subset is a function of the seed, and the preset code is public.  Whoever
-    learns the seed (a server publishes the parameters written after the preset name as
-    part of its model id) can rebuild the subset, so a secret instance needs a seed that is
-    kept secret.
+    learns the seed can rebuild the subset, so a secret instance needs a seed that is kept
+    secret.  The server publishes only the preset name, never its parameters.
     """
     if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) or bits < 1:
         raise ValueError(f"bits must be an integer >= 1, got {bits!r}")
