@@ -447,8 +447,11 @@ class _SampleLearner:
             probe = self._estimate_future(candidates[: 2 * detected + 6], settings.probe_futures,
                                           settings.probe_samples, cap=budget // 4)
             if probe is None or probe[1].rank <= detected:
-                logger.info("probe with sampled futures finds rank %s; keeping the prefix sketch",
-                            None if probe is None else probe[1].rank)
+                if probe is None:
+                    logger.info("no budget for a probe with sampled futures; keeping the prefix sketch")
+                else:
+                    logger.info("probe with sampled futures finds rank %d; keeping the prefix sketch",
+                                probe[1].rank)
                 return None
         return self._estimate_future(candidates, settings.sketch_futures, budget=budget, cap=budget)
 
@@ -513,13 +516,14 @@ class _SampleLearner:
             return [int(i) for i in barycentric_spanner(Y, self.settings.C, eligible).indices]
         except ValueError:
             pass
-        # Too few well-sampled rows span the subspace: allow every row, then lower the rank.
-        for r in range(estimate.rank, 0, -1):
-            try:
-                return [int(i) for i in barycentric_spanner(Y[:, :r], self.settings.C).indices]
-            except ValueError:
-                continue
-        return [int(np.argmax(n))]
+        # Too few well-sampled rows span the subspace: allow every row, at the rank they have.
+        r = int(np.linalg.matrix_rank(Y))
+        if r == 0:
+            return [int(np.argmax(n))]
+        try:
+            return [int(i) for i in barycentric_spanner(Y[:, :r], self.settings.C).indices]
+        except ValueError:
+            return [int(np.argmax(n))]
 
     def _spanner_target(self, spanner: list[History], budget: int) -> dict[History, int]:
         """Split ``budget`` so the spanner histories end with sample counts as equal as possible."""

@@ -205,12 +205,13 @@ def check_positive_probability(model: SequenceModel, prompts: Sequence[Sequence[
         position = error.position
     else:
         position = len(prompts[index]) - 1
+    where = "cannot start a sequence" if position == 0 else "cannot follow the tokens before it"
     raise ApiError(
         422,
         "zero_probability_prompt",
         f"prompt {index} has probability zero under the model: token "
-        f"{prompts[index][position]} at position {position} cannot follow the tokens before "
-        "it; use a prompt the model can generate (a prefix of a sampled completion)",
+        f"{prompts[index][position]} at position {position} {where}; use a prompt the "
+        "model can generate (a prefix of a sampled completion)",
     )
 
 

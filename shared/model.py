@@ -53,10 +53,10 @@ class ZeroProbabilityPromptError(ValueError):
     def __init__(self, prompt: Sequence[int], position: int) -> None:
         self.prompt = list(prompt)
         self.position = position
+        where = "cannot start a sequence" if position == 0 else "cannot follow the tokens before it"
         super().__init__(
             f"prompt {self.prompt} has probability zero: token {self.prompt[position]} at "
-            f"position {position} cannot follow the tokens before it; use a prompt the model "
-            "can generate"
+            f"position {position} {where}; use a prompt the model can generate"
         )
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 __all__ = [
     "PROTOCOL_VERSION",
@@ -112,8 +112,26 @@ class CompleteRequest(_Request):
     next_token_probs: bool = Field(
         default=False,
         description="Return the exact next-token law of each prompt instead of samples "
-        "(only where the probability oracle is enabled).",
+        "(only where the probability oracle is enabled); n, max_tokens, seed and "
+        "aggregate must then keep their defaults.",
     )
+
+    @model_validator(mode="after")
+    def _laws_take_no_sampling_options(self) -> CompleteRequest:
+        if self.next_token_probs:
+            ignored = {
+                "n": self.n != 1,
+                "max_tokens": self.max_tokens is not None,
+                "seed": self.seed is not None,
+                "aggregate": self.aggregate,
+            }
+            given = [name for name, set_to_something in ignored.items() if set_to_something]
+            if given:
+                raise ValueError(
+                    f"next_token_probs returns exact laws, so {', '.join(given)} would be "
+                    "ignored; remove them or set next_token_probs to false"
+                )
+        return self
 
 
 class Choice(_Message):

@@ -42,7 +42,7 @@ def test_plan_reports_first_zero_probability_prompt(model: HMM, make_settings) -
 
 
 def test_plan_next_token_probs_charges_one_per_prompt(model: HMM, make_settings) -> None:
-    request = CompleteRequest(prompts=[[], [1]], n=50, next_token_probs=True)
+    request = CompleteRequest(prompts=[[], [1]], next_token_probs=True)
 
     plan = plan_request(model, request, make_settings(probabilities=True))
 
@@ -109,3 +109,8 @@ def test_aggregate_rows_matches_numpy_unique(alphabet_size: int, length: int) ->
     np.testing.assert_array_equal(rows, expected_rows)
     np.testing.assert_array_equal(counts, expected_counts)
     assert counts.sum() == 500
+
+
+def test_complete_request_rejects_sampling_options_with_laws() -> None:
+    with pytest.raises(ValueError, match="so n, aggregate would be ignored"):
+        CompleteRequest(prompts=[[]], n=50, aggregate=True, next_token_probs=True)

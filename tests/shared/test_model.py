@@ -158,7 +158,7 @@ def test_sample_zero_probability_prompt_raises(
 
 
 def test_next_token_probs_zero_probability_prompt_raises(tiny_hmm: HMM) -> None:
-    with pytest.raises(ZeroProbabilityPromptError, match="cannot follow"):
+    with pytest.raises(ZeroProbabilityPromptError, match="token 2 at position 0 cannot start a sequence"):
         tiny_hmm.next_token_probs([[0], [2]])
 
 
