@@ -42,15 +42,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from numpy.typing import NDArray
 
 from attacker.projection import StateProjection
+from shared.atomicfile import write_text_atomic
 from shared.model import FloatArray, IntArray, SequenceModel
 
 __all__ = ["CLONE_KIND", "Clone", "CloneFileError", "StepTables", "load_any_model", "load_clone"]
@@ -230,19 +228,7 @@ class Clone(SequenceModel):
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the clone to ``path`` atomically (temporary file, then rename)."""
-        target = Path(path)
-        text = json.dumps(self.to_dict(), allow_nan=True)
-        directory = target.parent if str(target.parent) else Path(".")
-        fd, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=directory)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(text)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(temporary, target)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
+        write_text_atomic(path, json.dumps(self.to_dict(), allow_nan=True))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Clone:

@@ -35,7 +35,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -43,6 +42,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from shared.atomicfile import write_text_atomic
 from shared.automaton import HMM, OperatorModel
 from shared.model import FloatArray, SequenceModel
 
@@ -230,21 +230,7 @@ def save_model_file(
     model_from_dict(data)
     text = _format_json(data) + "\n"
 
-    temporary: Path | None = None
-    try:
-        with tempfile.NamedTemporaryFile(
-            "w", encoding="utf-8", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp",
-            delete=False,
-        ) as handle:
-            temporary = Path(handle.name)
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        if temporary is not None:
-            temporary.unlink(missing_ok=True)
-        raise
+    write_text_atomic(path, text)
     logger.info("saved %s model to %s", data["kind"], path)
 
 

@@ -16,11 +16,11 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from shared.atomicfile import write_text_atomic
 from attacker.baselines.empirical import EmpiricalModel
 from attacker.baselines.ngram import NgramModel
 from attacker.baselines.spectral import SpectralModel
@@ -141,19 +141,5 @@ def save_baseline(
     # Parse what will be written, so a file that would not load is never written.
     baseline_from_dict(json.loads(text))
 
-    temporary: Path | None = None
-    try:
-        with tempfile.NamedTemporaryFile(
-            "w", encoding="utf-8", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp",
-            delete=False,
-        ) as handle:
-            temporary = Path(handle.name)
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        if temporary is not None:
-            temporary.unlink(missing_ok=True)
-        raise
+    write_text_atomic(path, text)
     logger.info("saved %s baseline to %s", model.kind, path)
