@@ -284,10 +284,10 @@ class _SampleLearner:
         future = self.future_found or self.settings.sketch == "sampled-future"
         return self.H - t if future and t > 0 and self.H - t > self.L else 1
 
-    def _buy(self, wanted: dict[History, int], max_tokens: int) -> None:
-        """Buy ``wanted[h]`` more completions of each ``h``, grouped by request size."""
+    def _buy(self, additional: dict[History, int], max_tokens: int) -> None:
+        """Buy ``additional[h]`` more completions of each ``h``, grouped by request size."""
         by_size: dict[int, list[History]] = {}
-        for h, n in wanted.items():
+        for h, n in additional.items():
             if n > 0:
                 by_size.setdefault(int(n), []).append(h)
         for n, prompts in sorted(by_size.items()):
@@ -411,10 +411,10 @@ class _SampleLearner:
 
     def _buy_typical(self) -> None:
         """Buy full sequences from the empty prompt; their prefixes become typical histories."""
-        wanted = self.settings.typical_histories
-        if wanted == 0 or self.H < 2:
+        count = self.settings.typical_histories
+        if count == 0 or self.H < 2:
             return
-        (batch,) = self.oracle.complete([()], wanted, self.H)
+        (batch,) = self.oracle.complete([()], count, self.H)
         for t in range(1, self.H):
             prefixes = {tuple(int(x) for x in row[:t]) for row in batch.futures}
             self.typical[t] = sorted(prefixes)
