@@ -2,8 +2,12 @@
 
 Results go to stdout (a table, or JSON with ``--json``); progress and errors go to stderr.
 Exit status: 0 on success, 1 when the server or the network fails (unreachable URL,
-rejected key, quota spent), 2 for invalid arguments or an unreadable input file, and 130
-after Ctrl-C.
+rejected key, quota spent) or ``steal --deadline`` passes, 2 for invalid arguments, an
+unreadable input file or an unusable query log, and 130 after Ctrl-C.
+
+``steal`` appends every query and its response to a query log (default: ``--out`` with the
+suffix ``.queries.jsonl``), so ``steal --resume`` with the same arguments continues an
+interrupted attack without buying the logged queries again.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ from attacker.baselines import (
     fit_baseline,
     save_baseline,
 )
-from attacker.client import HttpJudge, HttpOracle
+from attacker.client import DeadlineExceededError, HttpJudge, HttpOracle
 from attacker.clone import load_any_model
 from attacker.compare import (
     LEARNER_NAME,
@@ -49,12 +53,14 @@ from attacker.compare import (
 from attacker.demo import ServerStartError, run_demo
 from attacker.evaluate import evaluate, report_to_dict
 from attacker.learner import LearnerSettings, learn
-from attacker.oracle import OracleError
+from attacker.oracle import Oracle, OracleError
+from attacker.querylog import LoggedOracle, QueryLogError
 
 __all__ = [
     "AttackFailedError",
     "UsageError",
     "app",
+    "default_query_log",
     "main",
     "run_baseline",
     "run_compare",
@@ -158,6 +164,9 @@ def run_steal(
     max_concurrency: int = 8,
     max_retries: int = 5,
     clock: Callable[[], float] = time.monotonic,
+    query_log: Path | None = None,
+    resume: bool = False,
+    deadline: float | None = None,
 ) -> dict[str, Any]:
     """Learn a clone through the server at ``url``, save it to ``out`` and return a summary.
 
@@ -167,28 +176,40 @@ def run_steal(
         Fields of :class:`attacker.learner.LearnerSettings`.
     seed : int
         Seeds the learner and the server-side sampling of every request.
+    query_log : Path, optional
+        Append every call and its response to this JSON-lines file
+        (:class:`attacker.querylog.LoggedOracle`); default: no log.
+    resume : bool, default False
+        Replay ``query_log`` first and buy only the calls it does not hold.
+    deadline : float, optional
+        Seconds from the start after which no request is sent; the attack then stops
+        with :class:`AttackFailedError` and the query log keeps every completed call.
 
     Raises
     ------
     UsageError
-        For an invalid budget, setting, URL or output directory, before any query is bought.
+        For an invalid budget, setting, URL, output directory, deadline or query log
+        (one that exists without ``resume``, or belongs to another attack), before any
+        query is bought.
     OracleError, AttackFailedError, OSError
-        If the server, the learner or the saving fails.
+        If the server, the learner or the saving fails, or the deadline passes.
     """
-    learner_settings = _check_steal_inputs(budget, out, settings)
+    learner_settings = _check_steal_inputs(budget, out, settings, query_log, resume, deadline)
 
     started = clock()
+    stop_at = None if deadline is None else started + deadline
     with _open_oracle(
         url, api_key, budget, max_concurrency=max_concurrency, max_retries=max_retries,
-        sampling_seed=seed,
-    ) as oracle:
+        sampling_seed=seed, clock=clock, deadline=stop_at,
+    ) as http, _logged_oracle(http, query_log, resume, learner_settings, seed) as oracle:
         logger.info(
             "stealing %s from %s: A=%d, H=%d, budget %d samples",
-            oracle.model_info.model_id, oracle.base_url, oracle.alphabet_size, oracle.horizon,
-            budget,
+            http.model_info.model_id, http.base_url, http.alphabet_size, http.horizon, budget,
         )
         try:
             clone = learn(oracle, learner_settings, np.random.default_rng(seed))
+        except DeadlineExceededError as exc:
+            raise AttackFailedError(_deadline_message(deadline, oracle, query_log, exc)) from exc
         except ValueError as exc:
             # A prompt of probability zero, or a setting this target cannot serve.
             raise AttackFailedError(f"the attack failed: {exc}") from exc
@@ -196,26 +217,92 @@ def run_steal(
         ledger = oracle.ledger
         return {
             "out": str(out),
-            "model_id": oracle.model_info.model_id,
+            "model_id": http.model_info.model_id,
             "budget": budget,
             "samples": ledger.samples,
             "tokens": ledger.tokens,
             "requests": ledger.requests,
-            "retries": oracle.retries,
+            "retries": http.retries,
             "ranks": list(clone.ranks),
             "sketches": list(clone.sketches),
             "by_phase": {phase: dict(row) for phase, row in ledger.by_phase.items()},
+            "query_log": oracle.summary() if isinstance(oracle, LoggedOracle) else None,
             "seconds": round(clock() - started, 3),
         }
 
 
-def _check_steal_inputs(budget: int, out: Path, settings: dict[str, Any]) -> LearnerSettings:
+@contextmanager
+def _logged_oracle(
+    http: HttpOracle,
+    query_log: Path | None,
+    resume: bool,
+    settings: LearnerSettings,
+    seed: int,
+) -> Iterator[Oracle]:
+    """Wrap ``http`` in a :class:`LoggedOracle` writing ``query_log``, or return it as is."""
+    if query_log is None:
+        yield http
+        return
+    try:
+        logged = LoggedOracle(
+            http, query_log, resume, url=http.base_url, model_id=http.model_info.model_id,
+            settings=settings.model_dump(), seed=seed,
+        )
+    except QueryLogError as exc:
+        raise UsageError(str(exc)) from exc
+    with logged:
+        yield logged
+
+
+def _deadline_message(
+    deadline: float | None, oracle: Oracle, query_log: Path | None, exc: Exception
+) -> str:
+    spent = f"stopped at the --deadline of {deadline:g} s after {oracle.ledger.samples} samples"
+    if query_log is None:
+        return f"{spent} ({exc}); without a query log the samples bought are not kept"
+    return (
+        f"{spent} ({exc}); the query log {query_log} keeps every completed call, so rerun "
+        "the same command with --resume to continue"
+    )
+
+
+def _check_steal_inputs(
+    budget: int,
+    out: Path,
+    settings: dict[str, Any],
+    query_log: Path | None = None,
+    resume: bool = False,
+    deadline: float | None = None,
+) -> LearnerSettings:
     """Validate the arguments of ``steal`` before any query is bought."""
     _check_budget_and_out(budget, out)
+    if deadline is not None and not (math.isfinite(deadline) and deadline > 0):
+        raise UsageError(f"--deadline must be a positive number of seconds, got {deadline}")
+    if query_log is not None:
+        _check_query_log(query_log, out, resume)
     try:
         return LearnerSettings(**settings)
     except ValidationError as exc:
         raise UsageError(f"invalid learner settings: {_first_error(exc)}") from exc
+
+
+def _check_query_log(query_log: Path, out: Path, resume: bool) -> None:
+    if query_log.resolve() == out.resolve():
+        raise UsageError(f"--query-log and --out are both {out}; choose another --query-log path")
+    if not query_log.parent.is_dir():
+        raise UsageError(
+            f"query log directory {query_log.parent} does not exist; create it first"
+        )
+    if not resume and query_log.exists() and query_log.stat().st_size > 0:
+        raise UsageError(
+            f"query log {query_log} already exists and is not empty; continue the attack it "
+            "records with --resume, or pass another --query-log path"
+        )
+
+
+def default_query_log(out: Path) -> Path:
+    """Return the query log of ``steal --out OUT``: ``OUT`` with the suffix ``.queries.jsonl``."""
+    return out.with_suffix(".queries.jsonl")
 
 
 def _check_budget_and_out(budget: int, out: Path) -> None:
@@ -402,6 +489,11 @@ def print_steal_summary(summary: dict[str, Any], console: Console) -> None:
     for name in ("samples", "tokens", "requests", "retries", "budget", "seconds"):
         value = summary[name]
         table.add_row(name, f"{value:,}" if isinstance(value, int) else str(value))
+    log = summary.get("query_log")
+    if log:
+        table.add_row("query log", log["path"])
+        table.add_row("samples replayed from the log", f"{log['replayed']['samples']:,}")
+        table.add_row("samples bought live", f"{log['live']['samples']:,}")
     table.add_row("ranks per step", " ".join(str(r) for r in summary["ranks"]))
     table.add_row("sketch per step", " ".join(summary["sketches"]))
     console.print(table)
@@ -477,6 +569,29 @@ def steal(
     max_retries: Annotated[
         int, typer.Option("--max-retries", help="Retries per request after errors and timeouts.")
     ] = 5,
+    query_log: Annotated[
+        Path | None,
+        typer.Option(
+            "--query-log",
+            help="Append-only JSON-lines log of every query and response; default: --out "
+            "with the suffix .queries.jsonl.",
+        ),
+    ] = None,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume",
+            help="Replay the query log without buying its queries again, then continue.",
+        ),
+    ] = False,
+    deadline: Annotated[
+        float | None,
+        typer.Option(
+            "--deadline",
+            help="Seconds after which the attack stops with exit status 1, keeping the "
+            "query log for --resume; default: none.",
+        ),
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Buy samples from the server at URL and learn a clone of its model."""
@@ -486,10 +601,12 @@ def steal(
         "sketch": sketch.value,
         "projection": projection.value,
     }
+    log_path = query_log if query_log is not None else default_query_log(out)
     with _reported_errors():
         summary = run_steal(
             url, api_key, budget, out, settings, seed=seed,
             max_concurrency=max_concurrency, max_retries=max_retries,
+            query_log=log_path, resume=resume, deadline=deadline,
         )
     if as_json:
         _print_json(summary)

@@ -22,6 +22,7 @@ Exceptions (all but the zero-probability error derive from ``OracleError``)::
 
     OracleError
     ├── BudgetExceededError        query would pass the hard budget; nothing was sent
+    ├── DeadlineExceededError      the deadline passed before the query completed
     ├── ServerUnreachableError     connect errors or timeouts outlasted the retries
     └── ServerError                the server returned an error status
         ├── AuthenticationError    401 or 403: missing, unknown or non-admin key
@@ -32,6 +33,7 @@ Exceptions (all but the zero-probability error derive from ``OracleError``)::
 A request is retried after 5xx responses, connect errors and timeouts (up to
 ``max_retries`` times, with jittered exponential backoff), and after 429 ``rate_limited``
 (up to ``max_rate_limit_waits`` times, each after the ``Retry-After`` the server sends).
+With a ``deadline``, no request is sent, and no retry is waited for, past it.
 """
 
 from __future__ import annotations
@@ -80,6 +82,7 @@ if TYPE_CHECKING:
 __all__ = [
     "AuthenticationError",
     "BudgetExceededError",
+    "DeadlineExceededError",
     "HttpJudge",
     "HttpOracle",
     "PlannedRequest",
@@ -109,6 +112,10 @@ _TARGET_BODY_BYTES = 1 << 20
 
 class ServerUnreachableError(OracleError):
     """Connect errors or timeouts persisted through every retry."""
+
+
+class DeadlineExceededError(OracleError):
+    """The deadline passed, or a retry would wait past it, before the query completed."""
 
 
 class ServerError(OracleError):
@@ -325,6 +332,7 @@ class _Connection:
         rng: np.random.Generator | None,
         sleep: Sleep,
         clock: Clock,
+        deadline: float | None = None,
     ) -> None:
         url = httpx.URL(base_url)
         if url.scheme not in ("http", "https") or not url.host:
@@ -338,11 +346,13 @@ class _Connection:
                 "max_concurrency >= 1, max_retries >= 0, max_rate_limit_waits >= 0, timeout > 0"
             )
         self.base_url = str(url).rstrip("/")
+        self.timeout = timeout
         self.max_retries = max_retries
         self.max_rate_limit_waits = max_rate_limit_waits
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
         self.max_retry_after = max_retry_after
+        self.deadline = deadline
         self.retries = 0
         self._rng = rng if rng is not None else np.random.default_rng()
         self._sleep = sleep
@@ -404,6 +414,10 @@ class _Connection:
                         "%s %s %stimed out after it was sent; the server may have charged it "
                         "although the ledger does not count it", method, path, label,
                     )
+                if self._seconds_left() == 0.0:
+                    raise DeadlineExceededError(
+                        f"{method} {self.base_url}{path} failed at the deadline: {reason}"
+                    ) from exc
                 if failures == self.max_retries:
                     raise ServerUnreachableError(
                         f"{method} {self.base_url}{path} failed after {failures + 1} attempts: "
@@ -427,6 +441,7 @@ class _Connection:
                     failures += 1
                 else:
                     raise error
+            self._check_retry_fits(method, path, reason, delay)
             self.retries += 1
             logger.info(
                 "%s %s: %s; retrying in %.2f s (failure %d of %d allowed, rate-limit wait %d)",
@@ -440,13 +455,42 @@ class _Connection:
         async with self._semaphore:
             if abort is not None and abort.is_set():
                 raise _Aborted
+            timeout = self._request_timeout(method, path)
             started = self._clock()
-            response = await self._client.request(method, path, json=payload)
+            response = await self._client.request(method, path, json=payload, timeout=timeout)
         logger.debug(
             "%s %s %s-> %d in %.3f s",
             method, path, label, response.status_code, self._clock() - started,
         )
         return response
+
+    def _seconds_left(self) -> float | None:
+        """Return the seconds until the deadline (0 once passed), or None without one."""
+        if self.deadline is None:
+            return None
+        return max(self.deadline - self._clock(), 0.0)
+
+    def _request_timeout(self, method: str, path: str) -> Any:
+        """Return the timeout of the next attempt: the client's, cut to the deadline."""
+        left = self._seconds_left()
+        if left is None:
+            return httpx.USE_CLIENT_DEFAULT
+        if left == 0.0:
+            raise DeadlineExceededError(
+                f"{method} {self.base_url}{path} not sent: the deadline has passed"
+            )
+        if left >= self.timeout:
+            return httpx.USE_CLIENT_DEFAULT
+        return httpx.Timeout(left)
+
+    def _check_retry_fits(self, method: str, path: str, reason: str, delay: float) -> None:
+        """Raise :class:`DeadlineExceededError` if waiting ``delay`` seconds passes the deadline."""
+        left = self._seconds_left()
+        if left is not None and delay >= left:
+            raise DeadlineExceededError(
+                f"{method} {self.base_url}{path} failed ({reason}) and its retry in "
+                f"{delay:.2f} s would start after the deadline, {left:.2f} s from now"
+            )
 
     def _backoff_delay(self, failures: int) -> float:
         """Return the wait after ``failures`` earlier failures: uniform in ``[b/2, b]``."""
@@ -554,6 +598,7 @@ class _HttpClientBase:
         rng: np.random.Generator | None = None,
         sleep: Sleep = asyncio.sleep,
         clock: Clock = time.monotonic,
+        deadline: float | None = None,
     ) -> None:
         self._connection = _Connection(
             base_url,
@@ -568,6 +613,7 @@ class _HttpClientBase:
             rng=rng,
             sleep=sleep,
             clock=clock,
+            deadline=deadline,
         )
         try:
             self.model_info = self._connection.run(self._connection.fetch_model_info())
@@ -648,14 +694,26 @@ class HttpOracle(_HttpClientBase, Oracle):
     max_retry_after : float, default 300.0
         A longer ``Retry-After`` raises :class:`RateLimitedError` instead of waiting.
     sampling_seed : int, optional
-        When given, every request carries a seed drawn from it, so the samples are
-        reproducible on a server that honours seeds.
+        When given, request ``j`` of call ``k`` (see :attr:`calls`) carries a seed
+        derived from ``(sampling_seed, k, j)``, so the samples are reproducible on a
+        server that honours seeds.
     rng : numpy.random.Generator, optional
         Randomness for the backoff jitter.
     sleep : async callable, default asyncio.sleep
         Waits the given seconds between retries.
     clock : callable, default time.monotonic
-        Seconds, for the request durations in the log.
+        Seconds, for the request durations in the log and the deadline.
+    deadline : float, optional
+        Time on ``clock`` after which no request is sent and no retry is waited for;
+        a query cut short by it raises :class:`DeadlineExceededError`.  The timeout of
+        each attempt is shortened to end at the deadline.
+
+    Attributes
+    ----------
+    calls : int
+        Calls of :meth:`complete` and :meth:`next_token_probs` that got past the budget
+        check so far; the next call has index ``calls``.  A wrapper that returns some
+        responses from elsewhere (a query log) sets it, so later calls keep their seeds.
 
     Raises
     ------
@@ -669,7 +727,9 @@ class HttpOracle(_HttpClientBase, Oracle):
     Requests use ``aggregate=true``, so each request returns distinct completions with
     their counts, and the ledger is charged from the ``usage`` block of each response.
     A request that timed out may still have been charged by the server, so after timeouts
-    the server's count can exceed the ledger's.
+    the server's count can exceed the ledger's.  Seeds depend on the call index, so
+    concurrent calls from several threads get reproducible samples only if they start in
+    the same order.
     """
 
     def __init__(
@@ -689,9 +749,12 @@ class HttpOracle(_HttpClientBase, Oracle):
         rng: np.random.Generator | None = None,
         sleep: Sleep = asyncio.sleep,
         clock: Clock = time.monotonic,
+        deadline: float | None = None,
     ) -> None:
         if budget is not None and budget <= 0:
             raise ValueError(f"budget must be a positive number of samples, got {budget}")
+        if sampling_seed is not None and not 0 <= sampling_seed <= MAX_SEED:
+            raise ValueError(f"sampling_seed={sampling_seed}; use an integer in 0..{MAX_SEED}")
         super().__init__(
             base_url,
             api_key,
@@ -705,10 +768,12 @@ class HttpOracle(_HttpClientBase, Oracle):
             rng=rng,
             sleep=sleep,
             clock=clock,
+            deadline=deadline,
         )
         self.ledger = Ledger(budget=budget)
         self.supports_probabilities = self.model_info.oracles.probabilities
-        self._seeds = None if sampling_seed is None else np.random.default_rng(sampling_seed)
+        self.sampling_seed = sampling_seed
+        self.calls = 0
         self._reserved = 0
         self._reserve_lock = threading.Lock()
 
@@ -724,8 +789,8 @@ class HttpOracle(_HttpClientBase, Oracle):
         checked = [self._check_prompt(prompt, i) for i, prompt in enumerate(prompts)]
         lengths = [min(max_tokens, self.horizon - len(prompt)) for prompt in checked]
         plan = plan_requests(lengths, n, self.request_limits)
-        with self._reservation(n * len(checked)):
-            parts = self._connection.run(self._complete_all(checked, plan))
+        with self._reservation(n * len(checked)) as call:
+            parts = self._connection.run(self._complete_all(checked, plan, call))
         return [_merge(part) for part in parts]
 
     def next_token_probs(self, prompts: Sequence[Sequence[int]]) -> NDArray[np.float64]:
@@ -744,32 +809,40 @@ class HttpOracle(_HttpClientBase, Oracle):
         return [int(token) for token in tokens]
 
     @contextlib.contextmanager
-    def _reservation(self, samples: int) -> Iterator[None]:
-        """Hold ``samples`` of the budget for one call; raise if they do not fit."""
+    def _reservation(self, samples: int) -> Iterator[int]:
+        """Hold ``samples`` of the budget for one call and yield the call's index.
+
+        Raises :class:`BudgetExceededError` if the samples do not fit.
+        """
         with self._reserve_lock:
             # Calls running on other threads hold reservations that are not charged yet.
             self.ledger.reserve(self._reserved + samples)
             self._reserved += samples
+            call = self.calls
+            self.calls += 1
         try:
-            yield
+            yield call
         finally:
             with self._reserve_lock:
                 self._reserved -= samples
 
-    def _next_seed(self) -> int | None:
-        return None if self._seeds is None else int(self._seeds.integers(MAX_SEED))
+    def _request_seed(self, call: int, request: int) -> int | None:
+        """Return the seed of request ``request`` of call ``call``, or None without a seed."""
+        if self.sampling_seed is None:
+            return None
+        return int(np.random.default_rng([self.sampling_seed, call, request]).integers(MAX_SEED))
 
     async def _complete_all(
-        self, prompts: list[list[int]], plan: list[PlannedRequest]
+        self, prompts: list[list[int]], plan: list[PlannedRequest], call: int
     ) -> list[list[Completions]]:
         parts: list[list[Completions]] = [[] for _ in prompts]
 
-        def job(planned: PlannedRequest) -> Callable[[asyncio.Event], Awaitable[None]]:
+        def job(number: int, planned: PlannedRequest) -> Callable[[asyncio.Event], Awaitable[None]]:
             request = CompleteRequest(
                 prompts=[prompts[i] for i in planned.indices],
                 n=planned.n,
                 max_tokens=planned.max_tokens,
-                seed=self._next_seed(),
+                seed=self._request_seed(call, number),
                 aggregate=True,
             )
 
@@ -781,7 +854,7 @@ class HttpOracle(_HttpClientBase, Oracle):
 
             return send
 
-        await self._connection.gather([job(planned) for planned in plan])
+        await self._connection.gather([job(number, planned) for number, planned in enumerate(plan)])
         return parts
 
     async def _laws_all(
