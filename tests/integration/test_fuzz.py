@@ -15,6 +15,7 @@ import schemathesis
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
+    negative_data_rejection,
     response_headers_conformance,
     response_schema_conformance,
     status_code_conformance,
@@ -29,10 +30,8 @@ CLIENT_KEY = "fuzz-client-key"
 ADMIN_KEY = "fuzz-admin-key"
 EXAMPLES_PER_OPERATION = 40
 
-# NOTE: schemathesis's negative_data_rejection check is left out because the request
-# models validate in pydantic's lax mode, which accepts JSON false for an integer token
-# and the string "true" for a boolean.  Add it once the request models are strict.
 CHECKS = [
+    negative_data_rejection,
     not_a_server_error,
     status_code_conformance,
     content_type_conformance,
