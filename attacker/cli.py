@@ -201,7 +201,9 @@ def run_steal(
     with _open_oracle(
         url, api_key, budget, max_concurrency=max_concurrency, max_retries=max_retries,
         sampling_seed=seed, clock=clock, deadline=stop_at,
-    ) as http, _logged_oracle(http, query_log, resume, learner_settings, seed) as oracle:
+    ) as http, _logged_oracle(
+        _check_quota(http, budget, resume), query_log, resume, learner_settings, seed
+    ) as oracle:
         logger.info(
             "stealing %s from %s: A=%d, H=%d, budget %d samples",
             http.model_info.model_id, http.base_url, http.alphabet_size, http.horizon, budget,
@@ -305,9 +307,30 @@ def default_query_log(out: Path) -> Path:
     return out.with_suffix(".queries.jsonl")
 
 
+def _check_quota(http: HttpOracle, budget: int, resume: bool) -> HttpOracle:
+    """Return ``http`` unless the key's quota cannot pay ``budget``; then raise UsageError.
+
+    It runs before the query log is opened and any sample is bought.  A resumed attack
+    replays part of its budget from the log, so it is only warned.
+    """
+    remaining = http.quota_remaining()
+    if remaining is None or remaining >= budget:
+        return http
+    message = (
+        f"--budget {budget} exceeds the {remaining} samples left on this key's quota, so the "
+        f"attack would stop part-way and waste them; use --budget {remaining} or less"
+    )
+    if resume:
+        logger.warning("%s (unless the query log replays the difference)", message)
+        return http
+    raise UsageError(message)
+
+
 def _check_budget_and_out(budget: int, out: Path) -> None:
     if budget <= 0:
         raise UsageError(f"--budget must be a positive number of samples, got {budget}")
+    if out.is_dir():
+        raise UsageError(f"--out {out} is a directory; give a file path such as {out / 'clone.json'}")
     if not out.parent.is_dir():
         raise UsageError(f"output directory {out.parent} does not exist; create it first")
     if not os.access(out.parent, os.W_OK):

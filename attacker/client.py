@@ -74,6 +74,7 @@ from shared.protocol import (
     JudgeResponse,
     Limits,
     ModelInfo,
+    UsageReport,
 )
 
 if TYPE_CHECKING:
@@ -534,6 +535,9 @@ class _Connection:
     async def fetch_model_info(self) -> ModelInfo:
         return _parse(ModelInfo, await self.request("GET", "/v1/model", None), "/v1/model")
 
+    async def fetch_usage(self) -> UsageReport:
+        return _parse(UsageReport, await self.request("GET", "/v1/usage", None), "/v1/usage")
+
 
 def _error_from_response(response: httpx.Response, payload: Any) -> Exception:
     """Translate an error response into the exception a caller can act on."""
@@ -623,6 +627,10 @@ class _HttpClientBase:
         self.alphabet: tuple[str, ...] = tuple(self.model_info.alphabet)
         self.horizon: int = self.model_info.horizon
         self.request_limits = RequestLimits.from_limits(self.model_info.limits)
+
+    def quota_remaining(self) -> int | None:
+        """Return the samples left on the key's quota (``GET /v1/usage``), or None if unlimited."""
+        return self._connection.run(self._connection.fetch_usage()).quota_remaining
 
     @property
     def base_url(self) -> str:

@@ -14,6 +14,8 @@ import pytest
 
 from attacker.clone import load_clone
 
+from .conftest import API_KEY
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CLI_TIMEOUT_SECONDS = 300
 
@@ -241,3 +243,26 @@ def test_demo_unknown_model_fails() -> None:
     line = _error_line(result)
     assert "the server exited with status 2 during start-up" in line
     assert "unknown model 'no-such-model'" in line
+
+
+def test_steal_out_directory_is_usage_error(tmp_path: Path) -> None:
+    result = _run("steal", "http://127.0.0.1:9", "--api-key", "k", "--budget", "100",
+                  "--out", str(tmp_path))
+
+    assert result.returncode == 2
+    assert f"--out {tmp_path} is a directory" in _error_line(result)
+
+
+def test_steal_budget_above_quota_buys_nothing(serve, tmp_path: Path) -> None:
+    server = serve(quota_samples=5_000)
+    out = tmp_path / "clone.json"
+
+    result = _run("steal", server.url, "--api-key", API_KEY, "--budget", "20000",
+                  "--out", str(out))
+    usage = httpx.get(f"{server.url}/v1/usage", headers={"Authorization": f"Bearer {API_KEY}"})
+
+    assert result.returncode == 2
+    assert "exceeds the 5000 samples left on this key's quota" in _error_line(result)
+    assert usage.json()["samples"] == 0
+    assert not out.exists()
+    assert not (tmp_path / "clone.queries.jsonl").exists()
