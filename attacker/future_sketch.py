@@ -21,9 +21,9 @@ Futures are drawn from ``D`` by buying one full completion of a uniformly chosen
 per future.  ``P[f | h]`` is the chain-rule product of next-token probabilities
 ``P[f_j | h f_<j]``, each estimated from ``n`` one-token completions of the prompt
 ``h f_<j``.  Every distinct prompt is bought once and shared by all futures with that
-prefix, and each completion bought runs to the horizon, so that it also counts for the
-deeper prompts it passes through: a prompt ``j`` tokens deep collects about twice the
-samples bought for it.  Splitting the samples of each prompt in two by binomial thinning gives two
+prefix.  Each completion bought runs to the horizon, so it also counts for the deeper
+prompts it passes through, and a prompt ``j`` tokens deep collects about twice the samples
+bought for it.  Splitting the samples of each prompt in two by binomial thinning gives two
 independent estimates of the sketch, whose half difference measures its noise.
 """
 

@@ -117,7 +117,7 @@ class Ledger:
         """Raise :class:`BudgetExceededError` unless ``samples`` more fit in the budget."""
         if self.budget is not None and self.samples + samples > self.budget:
             raise BudgetExceededError(
-                f"query of {samples} samples refused: {self.samples} of the budget of "
+                f"query of {samples} samples rejected: {self.samples} of the budget of "
                 f"{self.budget} are spent; raise --budget or request fewer samples"
             )
 

@@ -14,8 +14,9 @@ Lambda : ndarray, shape (m, r)
 A set of rows ``X[B]`` is a C-approximate barycentric spanner when every row of ``X`` is a
 combination of them with coefficients in ``[-C, C]``.  The construction is the one of Awerbuch
 and Kleinberg, "Adaptive routing with end-to-end feedback: distributed learning and geometric
-approaches" (STOC 2004): start from a basis of large volume and swap in any row that multiplies ``|det X[B]|`` by more than
-``C``; each swap grows the volume geometrically, so the loop ends.  Replacing basis row ``j``
+approaches" (STOC 2004).  It starts from a basis of large volume and swaps in any row
+that multiplies ``|det X[B]|`` by more than ``C``.  Each swap grows the volume
+geometrically, so the loop ends.  Replacing basis row ``j``
 by row ``x`` scales ``|det|`` by ``|Lambda_x[j]|`` (Cramer's rule), so the swap test reads
 the coefficient matrix directly.
 """

@@ -12,8 +12,8 @@ __all__ = ["write_text_atomic"]
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file in the same folder, then rename.
 
-    The rename is atomic on POSIX file systems, so ``path`` holds either its old content
-    or all of ``text``.  The temporary file is removed if anything fails.
+    The rename is atomic on POSIX file systems, so ``path`` contains either its old
+    content or all of ``text``.  The temporary file is removed if anything fails.
 
     Raises
     ------

@@ -150,7 +150,7 @@ class Choice(_Message):
 
 
 class Usage(_Message):
-    """What a request cost and what is left."""
+    """Cost of a request and the quota left after it."""
 
     samples: int = Field(description="Samples charged: prompts x n (one per prompt for laws).")
     tokens: int = Field(description="Tokens returned.")

@@ -47,7 +47,7 @@ def test_ledger_reserve_rejects_past_budget() -> None:
     ledger = Ledger(budget=100)
     ledger.charge(60, 120)
 
-    with pytest.raises(BudgetExceededError, match="query of 41 samples refused: 60 of the budget of 100"):
+    with pytest.raises(BudgetExceededError, match="query of 41 samples rejected: 60 of the budget of 100"):
         ledger.reserve(41)
 
     assert ledger.samples == 60
@@ -190,7 +190,7 @@ def test_in_process_complete_past_budget_sends_nothing() -> None:
     oracle = InProcessOracle(make_hmm(), np.random.default_rng(0), budget=100)
     oracle.complete([()], n=60, max_tokens=2)
 
-    with pytest.raises(BudgetExceededError, match="query of 60 samples refused: 60 of the budget of 100"):
+    with pytest.raises(BudgetExceededError, match="query of 60 samples rejected: 60 of the budget of 100"):
         oracle.complete([(), (0,)], n=30, max_tokens=2)
 
     assert (oracle.ledger.samples, oracle.ledger.tokens, oracle.ledger.requests) == (60, 120, 1)
@@ -220,7 +220,7 @@ def test_in_process_next_token_probs_known_answer() -> None:
 def test_in_process_next_token_probs_past_budget_rejected() -> None:
     oracle = InProcessOracle(make_hmm(), np.random.default_rng(0), budget=1, probabilities=True)
 
-    with pytest.raises(BudgetExceededError, match="query of 2 samples refused"):
+    with pytest.raises(BudgetExceededError, match="query of 2 samples rejected"):
         oracle.next_token_probs([(), (1,)])
 
     assert oracle.ledger.samples == 0
