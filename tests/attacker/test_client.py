@@ -215,7 +215,7 @@ def test_complete_budget_never_exceeded(serve) -> None:
         with pytest.raises(BudgetExceededError, match="60 of the budget of 100 are spent"):
             oracle.complete([[], [0]], n=30, max_tokens=2)
         oracle.complete([[1]], n=40, max_tokens=2)
-        with pytest.raises(BudgetExceededError, match="query of 1 samples refused"):
+        with pytest.raises(BudgetExceededError, match="query of 1 samples rejected"):
             oracle.complete([[]], n=1, max_tokens=1)
         ledger = oracle.ledger
 
