@@ -63,9 +63,21 @@ def main() -> None:
     parser.add_argument("--rank", type=int, default=None, help="rank of every step; default: estimated")
     parser.add_argument("--sketch", default="auto", choices=["auto", "prefix", "sampled-future"])
     parser.add_argument("--projection", default="kl", choices=["kl", "clip", "none"])
+    parser.add_argument("--future-sketch-share", type=float, default=None,
+                        help="share of a step's budget a sampled-future sketch may spend")
+    parser.add_argument("--typical-histories", type=int, default=None,
+                        help="full samples whose prefixes join the candidates")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    settings = LearnerSettings(rank=args.rank, sketch=args.sketch, projection=args.projection)
+    overrides = {
+        name: value
+        for name, value in (
+            ("future_sketch_share", args.future_sketch_share),
+            ("typical_histories", args.typical_histories),
+        )
+        if value is not None
+    }
+    settings = LearnerSettings(rank=args.rank, sketch=args.sketch, projection=args.projection, **overrides)
     for seed in args.seeds:
         print(json.dumps(run(args.model, args.budget, seed, args.sequences, settings)), flush=True)
 

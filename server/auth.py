@@ -108,6 +108,11 @@ class KeyRing:
 
         path = Path(settings.keys_file)
         parsed = load_keys_file(path)
+        if not parsed.keys and parsed.admin is None and not settings.api_keys:
+            raise KeysFileError(
+                f"keys file {path} defines no key and none is given by --api-key or "
+                "LOWRANK_API_KEYS; add a [keys.NAME] table (see lowrank-server hash-key)"
+            )
         defaults = KeyLimits.defaults(settings)
         digests = [
             (entry.digest, Principal(key_id_of_digest(entry.digest), False, entry.limits(defaults)))

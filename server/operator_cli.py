@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -99,9 +100,16 @@ def _hash_key(name: str, generate: bool, stdin: TextIO, stdout: TextIO) -> int:
     if generate:
         print(f"# new key, shown only now: {key}", file=stdout)
     print(f"# key id {key_id_of_digest(digest)}", file=stdout)
-    print(f"[keys.{name}]", file=stdout)
+    print(f"[keys.{_toml_key(name)}]", file=stdout)
     print(f'sha256 = "{digest.hex()}"', file=stdout)
     return 0
+
+
+def _toml_key(name: str) -> str:
+    """Return ``name`` as a TOML key: bare when it may be, else a quoted string."""
+    if re.fullmatch(r"[A-Za-z0-9_-]+", name):
+        return name
+    return json.dumps(name)
 
 
 def _audit(path: Path, key_id: str | None, limit: int | None, stdout: TextIO) -> int:

@@ -242,3 +242,25 @@ async def test_keys_file_limits_apply_per_key(make_client, keys, keys_path: Path
     assert [response.status_code for response in plain] == [200, 200]
     assert info.json()["limits"]["requests_per_window"] == 1
     assert info.json()["limits"]["quota_samples"] == 50
+
+
+def test_keyring_rejects_keys_file_without_client_keys(tmp_path: Path) -> None:
+    path = tmp_path / "keys.toml"
+    path.write_text("")
+    settings = Settings(model="test-hmm", keys_file=str(path))
+
+    with pytest.raises(KeysFileError, match="defines no key"):
+        KeyRing.from_settings(settings)
+
+
+def test_hash_key_command_quotes_name_with_space(tmp_path: Path) -> None:
+    out = io.StringIO()
+    run_operator_command(
+        ["hash-key", "--name", "al ice"], stdin=io.StringIO(ALICE_KEY + "\n"), stdout=out
+    )
+    path = _write(tmp_path, out.getvalue())
+
+    ring = KeyRing.from_settings(Settings(model="m", keys_file=str(path)))
+
+    assert '[keys."al ice"]' in out.getvalue()
+    assert ring.identify(f"Bearer {ALICE_KEY}") is not None
