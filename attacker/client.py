@@ -438,7 +438,7 @@ class _Connection:
                     delay = self._rate_limit_delay(retry_after, waits)
                     waits += 1
                 elif response.status_code >= 500 and failures < self.max_retries:
-                    # A 503 may say when the server expects to recover; never retry sooner.
+                    # A 503 may carry the time the server expects to recover, so never retry sooner.
                     retry_after = _parse_retry_after(response.headers.get("Retry-After"))
                     delay = max(self._backoff_delay(failures), min(retry_after or 0.0, self.max_retry_after))
                     failures += 1

@@ -268,7 +268,7 @@ class _SampleLearner:
         """Samples step ``t`` may spend, if this step has ``k`` spanner histories.
 
         Every spanner history of every step should end with about the same number of
-        samples, so step ``t`` gets ``k`` parts of what is left and each later step is
+        samples.  So step ``t`` gets ``k`` parts of what is left, and each later step is
         expected to need as many parts as the rank cap (or the last rank seen).  Once the
         sampled-future sketch is in use, a step that needs it weighs ``H - t`` times more,
         because each of its candidates costs a chain of ``H - t`` prompts per future.
@@ -425,7 +425,7 @@ class _SampleLearner:
         The prefix events see everything when they cover the whole future.  Otherwise
         ``auto`` switches when they find fewer dimensions than the rank the user gave, or
         when they find a single one (no structure at all) and a small probe with sampled
-        futures finds more; once switched, it stays switched.
+        futures finds more.  Once switched, it stays switched.
         """
         if self.settings.sketch == "prefix" or self.H - t <= self.L:
             return False
@@ -463,8 +463,11 @@ class _SampleLearner:
         budget: int | None = None,
         cap: int | None = None,
     ) -> tuple[FloatArray, RankEstimate] | None:
-        """Buy a sampled-future sketch with ``n`` samples per prompt, or with a share of
-        ``budget`` split evenly over the distinct prompts; never more than ``cap`` samples."""
+        """Buy a sampled-future sketch with ``n`` samples per prompt.
+
+        Without ``n``, a share of ``budget`` is split evenly over the distinct prompts.  The
+        sketch never spends more than ``cap`` samples.
+        """
         remaining = self.oracle.ledger.remaining or 0
         if cap is not None:
             remaining = min(remaining, cap)

@@ -1,7 +1,7 @@
 """Learn a clone of a preset through the in-process oracle and print its distance as JSON.
 
 The in-process oracle bills exactly as the HTTP server does, so the figures match an attack
-over HTTP with the same budget; only the transport is skipped.
+over HTTP with the same budget.  Only the transport is skipped.
 
 Usage::
 

@@ -1,7 +1,8 @@
 """Tests of the sample-mode learner on models that need more than the prefix-event sketch.
 
-Noisy parity hides its state until the last token, so only the sampled-future sketch sees
-it; planted HMMs check that the rank estimated against the noise floor is the true one.
+Noisy parity hides its state until the last token, so only the sampled-future sketch can
+recover it.  Planted HMMs check that the rank estimated against the noise floor is the
+true one.
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ def test_learn_rank_estimate_finds_planted_rank(S: int) -> None:
 
     clone = learn(oracle, LearnerSettings(typical_histories=0), np.random.default_rng(101))
 
-    # Steps 2 and 3 see histories of every state; step 1 has only A extensions of the
-    # empty history and the last step only one-token futures.
+    # Steps 2 and 3 reach histories of every state.  Step 1 has only the A extensions of
+    # the empty history, and the last step only one-token futures.
     assert clone.ranks[2] == S
     assert clone.ranks[3] == S
