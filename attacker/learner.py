@@ -105,7 +105,7 @@ class LearnerSettings(BaseModel):
     probe_futures: int = Field(default=8, ge=1, description="Futures of the probe that decides on the sampled-future sketch.")
     probe_samples: int = Field(default=32, ge=2, description="Samples per prompt of that probe, and the least of the full sketch.")
     future_sketch_share: float = Field(
-        default=0.8, gt=0, lt=1,
+        default=0.9, gt=0, lt=1,
         description="Share of a step's budget that a sampled-future sketch may spend; the rest tops up the tables.",
     )
     typical_histories: int = Field(
