@@ -39,6 +39,7 @@ With a ``deadline``, no request is sent, and no retry is waited for, past it.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import math
@@ -310,9 +311,28 @@ class _EventLoopThread:
             raise
 
     def close(self) -> None:
+        """Cancel the tasks still running (after Ctrl-C, say), then stop the loop."""
+        try:
+            asyncio.run_coroutine_threadsafe(_cancel_pending_tasks(), self.loop).result(
+                timeout=_DRAIN_SECONDS
+            )
+        except concurrent.futures.TimeoutError:
+            logger.warning("requests still running after %g s; closing anyway", _DRAIN_SECONDS)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join()
         self.loop.close()
+
+
+# Time the loop gets to wind down cancelled requests before it is stopped.
+_DRAIN_SECONDS = 5.0
+
+
+async def _cancel_pending_tasks() -> None:
+    """Cancel every other task on the running loop and wait for them to finish."""
+    tasks = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 class _Connection:
