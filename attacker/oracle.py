@@ -11,7 +11,7 @@ h : tuple of int
 L : int
     Tokens per requested completion.
 
-The learner sees only :class:`Oracle`: ``complete`` (the sample oracle, billed per sample)
+The learner queries the target only through :class:`Oracle`: ``complete`` (the sample oracle, billed per sample)
 and ``next_token_probs`` (the probability oracle, billed one sample per prompt, where the
 target offers it).  Every implementation charges a :class:`Ledger`, which refuses a query
 before it is sent if it would take spending past the budget.  :class:`InProcessOracle` wraps

@@ -18,7 +18,7 @@ r : int
     Estimated rank.
 
 Scaling rows and columns by positive numbers leaves the rank of the exact matrix unchanged,
-but it makes the sampling noise of ``X`` roughly uniform: a row of frequencies from ``n``
+but it makes the sampling noise of ``X`` roughly uniform.  A row of frequencies from ``n``
 samples has noise of size ``sqrt(p / n)`` in a feature of mean ``p``.  The noise floor is
 measured rather than modelled: the samples of every row are split in two by binomial
 thinning, and half the difference of the two halves has the same law as the noise of the

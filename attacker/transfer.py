@@ -22,9 +22,9 @@ Each fit solves the weighted least-squares problem
     minimise || (v - beta R) * w ||^2   subject to   sum(beta) = 1,  |beta_j| <= C.
 
 The affine constraint holds for exact future laws, because every law and every spanner row
-has total mass one; the box is the barycentric-spanner guarantee.  Most rows already satisfy
-the box at the equality-constrained optimum, which has a closed form (a KKT system shared
-by all rows); the others go to a bounded least-squares solver.
+has total mass one.  The box is the barycentric-spanner guarantee.  Most rows already
+satisfy the box at the equality-constrained optimum, which has a closed form (a KKT system
+shared by all rows).  The others go to a bounded least-squares solver.
 """
 
 from __future__ import annotations

@@ -1,14 +1,14 @@
 """Compare the clone's state corrections (kl, clip, none) as the horizon grows.
 
-For each horizon ``H`` the learner steals ``random-hmm:states=4,alphabet=4,horizon=H`` in
-sample mode with the same budget per step, once; the one clone is then scored with each
+For each horizon ``H`` the learner steals ``random-hmm:states=4,alphabet=4,horizon=H`` once
+in sample mode, with the same budget per step.  That one clone is then scored with each
 projection against the secret model.  Distances are exact where ``A^H <= 10^6`` and Monte
 Carlo otherwise, on the same reference sequences for all three projections, so their
 differences are paired.
 
 Usage::
 
-    python bench/projection_study.py --horizons 8 16 24 32 --budget-per-step 50000 --rank 4
+    python bench/projection_study.py --horizons 8 16 24 32 --budget-per-step 20000 --rank 4
 """
 
 from __future__ import annotations

@@ -183,8 +183,8 @@ def _advance_alive(
     """Advance the rows of ``states`` flagged by ``alive`` on their tokens.
 
     Rows of probability zero advance on their most likely token instead, so later
-    next-token laws stay finite and the state size can change between steps (as a
-    clone's does); their log-probability is already ``-inf``.
+    next-token laws stay finite and the state size can change between steps, as a
+    clone's does.  Their log-probability is already ``-inf``.
     """
     if alive.all():
         return model.advance(states, t, tokens)

@@ -125,10 +125,10 @@ class CompleteRequest(_Request):
                 "seed": self.seed is not None,
                 "aggregate": self.aggregate,
             }
-            given = [name for name, set_to_something in ignored.items() if set_to_something]
-            if given:
+            ignored_names = [name for name, is_set in ignored.items() if is_set]
+            if ignored_names:
                 raise ValueError(
-                    f"next_token_probs returns exact laws, so {', '.join(given)} would be "
+                    f"next_token_probs returns exact laws, so {', '.join(ignored_names)} would be "
                     "ignored; remove them or set next_token_probs to false"
                 )
         return self

@@ -105,7 +105,7 @@ def noisy_parity(
 
     Notes
     -----
-    NOTE: the subset is a function of the seed, and the preset code is public.  Whoever
+    NOTE: the subset is a function of the seed, and the preset code is public.  Anyone who
     learns the seed can rebuild the subset, so a secret instance needs a seed that is kept
     secret.  The server publishes only the preset name, never its parameters.
     """

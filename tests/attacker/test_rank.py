@@ -94,7 +94,7 @@ def test_estimate_rank_from_counts_identical_laws_rank_one(seed: int) -> None:
     assert estimate.singular_values[1] <= estimate.noise_floor
 
 
-def test_estimate_rank_from_counts_max_rank_used_as_given() -> None:
+def test_rank_from_counts_uses_given_rank() -> None:
     laws = planted_laws(4, 12, 9, 2)
     counts = sample_counts(laws, 20_000, 4)
 
@@ -116,7 +116,7 @@ def test_estimate_rank_from_counts_row_without_samples() -> None:
     assert np.isfinite(estimate.noise_floor)
 
 
-def test_estimate_rank_from_counts_noise_floor_scales_with_factor() -> None:
+def test_rank_noise_floor_scales_with_factor() -> None:
     laws = planted_laws(6, 12, 9, 2)
     counts = sample_counts(laws, 20_000, 6)
 

@@ -143,7 +143,7 @@ def server_processes(tmp_path: Path) -> Iterator[ServerProcesses]:
 
 
 class FailEveryOther:
-    """ASGI app that returns 503 for every other ``POST /v1/complete`` before ``app`` sees it."""
+    """ASGI app that returns 503 for every other ``POST /v1/complete`` before ``app`` receives it."""
 
     def __init__(self, app: Any) -> None:
         self.app = app
