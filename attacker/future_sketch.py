@@ -57,6 +57,9 @@ class EstimatedFutureSketch:
         ``v_h`` from all samples.
     noise : ndarray, shape (k, m)
         Half the difference of the sketches from the two halves of the samples.
+    relative : ndarray, shape (k, m)
+        Delta-method relative variance of each entry of ``vectors`` (its variance over its
+        square): the sum over the chain's factors of ``(1 - p) / (p n)``.
     samples_per_prompt : int
         ``n``.
     """
@@ -64,6 +67,7 @@ class EstimatedFutureSketch:
     futures: list[History]
     vectors: FloatArray
     noise: FloatArray
+    relative: FloatArray
     samples_per_prompt: int
 
 
@@ -140,7 +144,13 @@ def estimate_future_sketch(
         laws = table / np.maximum(table.sum(axis=1, keepdims=True), 1.0)
         estimates.append(_sketch_vectors(candidates, futures, laws, row_of))
     full, first, second = estimates
-    return EstimatedFutureSketch(list(futures), full, (first - second) / 2.0, n)
+    # Relative variance of each estimated factor, with a pseudocount so that a factor seen
+    # zero times still counts as uncertain.
+    totals = counts.sum(axis=1, keepdims=True)
+    smoothed = (counts + 0.5) / (totals + 1.0)
+    relative = (1.0 - smoothed) / (smoothed * np.maximum(totals, 1.0))
+    chains = _chain_sums(candidates, futures, relative, row_of)
+    return EstimatedFutureSketch(list(futures), full, (first - second) / 2.0, chains, n)
 
 
 def _credit(
@@ -163,6 +173,20 @@ def _credit(
             counts[index, token] += times
             half[index, token] += in_first
             current = current + (int(token),)
+
+
+def _chain_sums(
+    candidates: Sequence[History],
+    futures: Sequence[History],
+    table: FloatArray,
+    row_of: dict[History, int],
+) -> FloatArray:
+    """Sum ``table[h f_<j, f_j]`` over the factors of each chain, shape (k, m)."""
+    sums = np.zeros((len(candidates), len(futures)))
+    for i, h in enumerate(candidates):
+        for l, f in enumerate(futures):
+            sums[i, l] = sum(table[row_of[h + f[:j]], token] for j, token in enumerate(f))
+    return sums
 
 
 def _sketch_vectors(

@@ -63,7 +63,7 @@ from attacker.sketch import (
     sampled_future_sketch,
 )
 from attacker.spanner import barycentric_spanner
-from attacker.transfer import fit_transfers
+from attacker.transfer import fit_transfers, fit_transfers_weighted
 
 __all__ = ["LearnerSettings", "learn"]
 
@@ -366,6 +366,7 @@ class _SampleLearner:
         chosen, rank = self._spanner(counts)
         sketch = "prefix"
         V: FloatArray | None = None
+        relative: FloatArray | None = None
         if self._wants_future_sketch(t, candidates, rank):
             # Each candidate costs a chain of prompts per future, so this sketch keeps to the
             # extensions, which the transfers need anyway.
@@ -375,7 +376,7 @@ class _SampleLearner:
                 )
             if future is not None:
                 candidates, counts = candidates[:extension_count], counts[:extension_count]
-                V, estimate = future
+                V, relative, estimate = future
                 w = np.ones(V.shape[1])
                 chosen = self._choose(V, w, estimate, np.ones(len(candidates)))
                 sketch, rank = "sampled-future", estimate.rank
@@ -394,7 +395,7 @@ class _SampleLearner:
                 counts[i] = prefix_event_counts(self.pools[candidates[i]], ell, self.A)
             V = counts / counts.sum(axis=1, keepdims=True)
             w = column_weights(V, counts.sum(axis=1))
-        last.W = self._transfers(previous, candidates, V, V[chosen], w)
+        last.W = self._transfers(previous, candidates, V, chosen, w, relative)
         spanner = [candidates[i] for i in chosen]
         N = self._table(spanner)
 
@@ -437,21 +438,22 @@ class _SampleLearner:
 
     def _future_sketch(
         self, candidates: list[History], budget: int, detected: int
-    ) -> tuple[FloatArray, RankEstimate] | None:
+    ) -> tuple[FloatArray, FloatArray, RankEstimate] | None:
         """Buy the sampled-future sketch of ``candidates`` with about ``budget`` samples.
 
-        Returns None when a probe shows no more dimensions than the prefix events found.
+        Returns the sketch rows, the relative variance of their entries and the rank estimate, or
+        None when a probe shows no more dimensions than the prefix events found.
         """
         settings = self.settings
         if settings.sketch == "auto" and settings.rank is None and not self.future_found:
             probe = self._estimate_future(candidates[: 2 * detected + 6], settings.probe_futures,
                                           settings.probe_samples, cap=budget // 4)
-            if probe is None or probe[1].rank <= detected:
+            if probe is None or probe[2].rank <= detected:
                 if probe is None:
                     logger.info("no budget for a probe with sampled futures; keeping the prefix sketch")
                 else:
                     logger.info("probe with sampled futures finds rank %d; keeping the prefix sketch",
-                                probe[1].rank)
+                                probe[2].rank)
                 return None
         return self._estimate_future(candidates, settings.sketch_futures, budget=budget, cap=budget)
 
@@ -462,7 +464,7 @@ class _SampleLearner:
         n: int | None = None,
         budget: int | None = None,
         cap: int | None = None,
-    ) -> tuple[FloatArray, RankEstimate] | None:
+    ) -> tuple[FloatArray, FloatArray, RankEstimate] | None:
         """Buy a sampled-future sketch with ``n`` samples per prompt.
 
         Without ``n``, a share of ``budget`` is split evenly over the distinct prompts.  The
@@ -490,7 +492,7 @@ class _SampleLearner:
         )
         logger.info("sampled-future sketch: %d candidates, %d futures, %d prompts x %d samples, rank %d",
                     len(candidates), m, len(prompts), n, estimate.rank)
-        return sketch.vectors, estimate
+        return sketch.vectors, sketch.relative, estimate
 
     def _spanner(self, counts: FloatArray) -> tuple[list[int], int]:
         """Estimate the rank and choose the spanner rows among well-sampled candidates.
@@ -540,9 +542,21 @@ class _SampleLearner:
         counts += self.settings.pseudocount
         return counts / counts.sum(axis=1, keepdims=True)
 
-    def _transfers(self, previous, candidates, V, R, w) -> FloatArray:
+    def _transfers(self, previous, candidates, V, chosen, w, relative=None) -> FloatArray:
+        """Fit ``W_{t-1}``: every extension of ``previous`` in the spanner rows ``V[chosen]``.
+
+        Sampled-future rows come with the ``relative`` variance of their entries: their
+        chain-rule noise is multiplicative and calls for weighted fits (see
+        :mod:`attacker.transfer`).  A spanner history is its own row, so its coefficients
+        are exact.
+        """
         index = {c: i for i, c in enumerate(candidates)}
-        beta = fit_transfers(V, R, self.settings.C, w)
+        R = V[chosen]
+        if relative is not None:
+            beta = fit_transfers_weighted(V, R, self.settings.C, relative, relative[chosen])
+        else:
+            beta = fit_transfers(V, R, self.settings.C, w)
+        beta[chosen] = np.eye(len(chosen))
         W = np.empty((self.A, len(previous), R.shape[0]))
         for o in range(self.A):
             known = [i for i, b in enumerate(previous) if b + (o,) in index]

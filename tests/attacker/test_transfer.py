@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy.optimize import minimize
 
-from attacker.transfer import fit_transfers
+from attacker.transfer import fit_transfers, fit_transfers_weighted
 
 
 def planted_problem(seed: int, k: int, F: int, m: int, spread: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -116,3 +116,52 @@ def test_fit_transfers_noisy_rows_minimise_weighted_residual() -> None:
             step = rng.normal(size=3) * 0.05
             other = fit + step - step.mean()
             assert weighted_residual(fit, v, R, w) <= weighted_residual(other, v, R, w) + 1e-12
+
+
+def multiplicative_parity_problem(seed: int, F: int, rho: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Two spanner rows whose entries differ 9 to 1, and a row equal to the first, all with
+    multiplicative noise of relative variance ``rho`` (the shape of noisy parity's sketch).
+
+    Returns the noisy rows ``R`` (2, F), the noisy row ``v`` (1, F), and the relative
+    variances of both.
+    """
+    rng = np.random.default_rng(seed)
+    high = rng.random(F) < 0.5
+    first = np.where(high, 1.8, 0.2) / F
+    second = np.where(high, 0.2, 1.8) / F
+    truth = np.vstack([first, second])
+    noisy = truth * np.exp(rng.normal(0.0, np.sqrt(rho), size=truth.shape))
+    v = first * np.exp(rng.normal(0.0, np.sqrt(rho), size=F))
+    return noisy, v[None, :], np.full((2, F), rho), np.full((1, F), rho)
+
+
+def test_fit_transfers_weighted_recovers_exact_coefficients() -> None:
+    R, beta, _ = planted_problem(seed=4, k=3, F=9, m=5, spread=0.5)
+    relative = np.full((5, 9), 0.01)
+
+    fitted = fit_transfers_weighted(beta @ R, R, 2.0, relative, np.full((3, 9), 0.01))
+
+    np.testing.assert_allclose(fitted, beta, atol=1e-9)
+
+
+def test_fit_transfers_weighted_beats_unweighted_fit() -> None:
+    # The row equals the first spanner row, so the weight it puts on the second is the error.
+    errors: dict[str, list[float]] = {"weighted": [], "unweighted": []}
+    for seed in range(200):
+        R, v, relative_R, relative_v = multiplicative_parity_problem(seed, F=16, rho=0.02)
+        errors["weighted"].append(fit_transfers_weighted(v, R, 2.0, relative_v, relative_R)[0, 1])
+        errors["unweighted"].append(fit_transfers(v, R, 2.0)[0, 1])
+    rmse = {name: float(np.sqrt(np.mean(np.square(values)))) for name, values in errors.items()}
+
+    assert rmse["weighted"] < 0.5 * rmse["unweighted"]
+
+
+def test_fit_transfers_weighted_stays_affine_in_box() -> None:
+    rng = np.random.default_rng(9)
+    R = rng.dirichlet(np.ones(6), size=3)
+    V = rng.dirichlet(np.ones(6), size=8) * rng.uniform(0.2, 5.0, size=(8, 1))
+
+    fitted = fit_transfers_weighted(V, R, 1.5, np.full((8, 6), 0.05), np.full((3, 6), 0.05))
+
+    np.testing.assert_allclose(fitted.sum(axis=1), 1.0, atol=1e-6)
+    assert np.abs(fitted).max() <= 1.5 + 1e-6
