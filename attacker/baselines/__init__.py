@@ -211,7 +211,7 @@ def fit_baseline(
     samples : SampleSet
     options : BaselineOptions
     rng : numpy.random.Generator
-        Used by ``em`` (shuffling, random starts).
+        Used by ``em`` (shuffling, random starts) and ``spectral`` (noise floor).
     clock : callable returning seconds
         Times the fit, and plans EM's use of its time limit.
 
@@ -233,7 +233,7 @@ def fit_baseline(
         )
         model, details = fit_em(samples, settings, rng, clock)
     elif name == "spectral":
-        model, details = fit_spectral(samples, options.states)
+        model, details = fit_spectral(samples, options.states, rng=rng)
     elif name == "empirical":
         pseudocount = options.pseudocount
         model, details = fit_empirical(

@@ -72,11 +72,13 @@ logger = logging.getLogger(__name__)
 
 # Uniform mass mixed into every next-token law, so every sequence keeps positive probability.
 DEFAULT_SPECTRAL_FLOOR = 1e-3
-# Singular values of P21 at most NOISE_FLOOR_FACTOR / sqrt(N) are treated as sampling noise.
-# Each sequence contributes one average of window indicators, whose entries have variances
-# summing to at most 1.  So the estimation error E of P21 from N sequences has
-# E ||E||_F <= 1 / sqrt(N), and by Weyl's inequality no singular value moves by more than
-# ||E||_2 <= ||E||_F.  The factor 3 is an engineering choice.
+# Singular values of P21 at most NOISE_FLOOR_FACTOR times its measured noise are dropped.
+# The noise is measured by splitting the samples in two by binomial thinning: half the
+# difference of the two estimates of P21 has about the law of the error E of the full
+# estimate, and by Weyl's inequality no singular value moves by more than ||E||_2.  The
+# factor 3 is an engineering choice.  The worst-case bound ||E||_F <= 1 / sqrt(N) was tried
+# first and dropped real states: on english-words with 2,000,000 samples it kept d = 5 of 8
+# and scored TV 0.49, against 0.18 with all 8.
 NOISE_FLOOR_FACTOR = 3.0
 # A state whose normaliser binf^T B[x] b is below this fraction of |B[x] b| has lost its
 # sign, so it is rescaled by its 1-norm instead of divided by that normaliser.
@@ -235,6 +237,7 @@ def fit_spectral(
     states: int,
     pooled: bool = True,
     floor: float = DEFAULT_SPECTRAL_FLOOR,
+    rng: np.random.Generator | None = None,
 ) -> tuple[SpectralModel, dict[str, Any]]:
     """Learn the observable operators of an HMM with ``states`` hidden states.
 
@@ -244,12 +247,14 @@ def fit_spectral(
         Full sequences, ``H >= 3``.
     states : int
         ``S``.  The operators have dimension ``d``: the number of singular values of
-        ``P21`` above ``NOISE_FLOOR_FACTOR / sqrt(N)``, at most ``S`` and ``A`` (``P21`` has
+        ``P21`` above ``NOISE_FLOOR_FACTOR`` times its measured noise, at most ``S`` and ``A`` (``P21`` has
         rank at most ``A``), and at least 1.
     pooled : bool
         See :func:`estimate_moments`.
     floor : float
         See :class:`SpectralModel`.
+    rng : numpy.random.Generator, optional
+        Splits the samples in two to measure the noise; default ``default_rng(0)``.
 
     Returns
     -------
@@ -266,7 +271,7 @@ def fit_spectral(
     A = len(samples.alphabet)
     P1, Pbar1, P21, P3x1 = estimate_moments(samples, pooled)
     left, singular_values, _ = np.linalg.svd(P21)
-    noise_floor = NOISE_FLOOR_FACTOR / np.sqrt(samples.n)
+    noise_floor = NOISE_FLOOR_FACTOR * _pair_moment_noise(samples, pooled, rng or np.random.default_rng(0))
     d = max(1, min(states, int(np.sum(singular_values > noise_floor))))
     if d < states:
         logger.warning(
@@ -289,3 +294,16 @@ def fit_spectral(
         "singular_values": [float(v) for v in singular_values],
     }
     return model, details
+
+
+def _pair_moment_noise(samples: SampleSet, pooled: bool, rng: np.random.Generator) -> float:
+    """Estimate the spectral norm of the sampling error of ``P21`` from a split into halves."""
+    first = rng.binomial(samples.counts, 0.5)
+    halves = []
+    for counts in (first, samples.counts - first):
+        keep = counts > 0
+        if not keep.any():
+            return 0.0
+        half = SampleSet(samples.alphabet, samples.sequences[keep], counts[keep].astype(np.int64))
+        halves.append(estimate_moments(half, pooled)[2])
+    return float(np.linalg.norm((halves[0] - halves[1]) / 2.0, 2))

@@ -34,7 +34,7 @@ from attacker.oracle import BudgetExceededError, InProcessOracle
 from shared.automaton import HMM
 from shared.distances import exact_distance
 from shared.model import SequenceModel
-from shared.presets import noisy_parity
+from shared.presets import load_model, noisy_parity
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CLI_TIMEOUT_SECONDS = 300
@@ -218,6 +218,19 @@ def test_spectral_drops_dimensions_below_noise() -> None:
     assert details["dimension"] == 1
     assert details["singular_values"][1] < details["noise_floor"]
     assert exact_distance(model, learned).tv == pytest.approx(0.4, abs=0.05)
+
+
+def test_spectral_keeps_weak_states_above_measured_noise() -> None:
+    # english-words has P21 singular values 0.183, 0.042, 0.031, 0.023, 0.0045, 0.0019,
+    # 0.0015, then noise near 2e-4.  The worst-case floor 3 / sqrt(N) = 0.0055 at this N
+    # would keep only four of them.
+    model = load_model("english-words")
+    samples = _samples(model, 300_000, seed=1)
+
+    _, details = fit_spectral(samples, states=8, rng=np.random.default_rng(1))
+
+    assert details["dimension"] >= 5
+    assert details["noise_floor"] < 0.5 * 3.0 / np.sqrt(samples.n)
 
 
 def test_spectral_rejects_short_horizon() -> None:
