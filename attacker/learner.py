@@ -273,6 +273,8 @@ class _SampleLearner:
         sampled-future sketch is in use, a step that needs it weighs ``H - t`` times more,
         because each of its candidates costs a chain of ``H - t`` prompts per future.
         """
+        # NOTE: every step spends its whole share, so nothing stops buying where more
+        # samples no longer help; caps from a target TV starved early steps into false ranks.
         remaining = self.oracle.ledger.remaining or 0
         rank = max(self.settings.rank or self.expected_rank, 1)
         weights = [rank * self._cost_weight(s) for s in range(t + 1, self.H)]
