@@ -312,8 +312,9 @@ class _SampleLearner:
                     Completions(batch.futures[rows, 1:], batch.counts[rows])
                 )
 
-    def _n(self, h: History) -> int:
-        return sum(b.n for b in self.pools.get(h, []))
+    def _n(self, h: History, length: int = 1) -> int:
+        """Count the completions of ``h`` with at least ``length`` tokens."""
+        return sum(b.n for b in self.pools.get(h, []) if b.futures.shape[1] >= length)
 
     # The loop.
 
@@ -353,7 +354,9 @@ class _SampleLearner:
         candidates = extensions + typical
         minimum = self.settings.extension_min_samples or max(20, share // (20 * len(candidates)))
         with ledger.in_phase("candidates"):
-            self._buy({c: minimum - self._n(c) for c in candidates}, min(self.L + 1, self.H - t))
+            # Inherited completions are a token shorter than their parent's, and those shorter
+            # than ell cannot sketch the candidate, so only long enough ones count here.
+            self._buy({c: minimum - self._n(c, ell) for c in candidates}, min(self.L + 1, self.H - t))
         counts = np.array([prefix_event_counts(self.pools.get(c, []), ell, self.A) for c in candidates])
         sketched = counts.sum(axis=1) > 0
         if not sketched.any():
@@ -534,7 +537,9 @@ class _SampleLearner:
 
     def _spanner_target(self, spanner: list[History], budget: int) -> dict[History, int]:
         """Split ``budget`` so the spanner histories end with sample counts as equal as possible."""
-        have = np.array([self._n(b) for b in spanner], dtype=np.int64)
+        # Only completions long enough to sketch the children next step count.
+        length = min(self.L + 1, self.H - len(spanner[0]))
+        have = np.array([self._n(b, length) for b in spanner], dtype=np.int64)
         budget = max(int(budget), 0)
         level = have.max() if budget == 0 else _water_level(have, budget)
         return {b: int(max(level - n, 0)) for b, n in zip(spanner, have)}

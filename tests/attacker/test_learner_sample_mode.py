@@ -78,3 +78,16 @@ def test_learn_rank_estimate_finds_planted_rank(S: int) -> None:
     # the empty history, and the last step only one-token futures.
     assert clone.ranks[2] == S
     assert clone.ranks[3] == S
+
+
+def test_learn_rotation_clock_sampled_future_sketch() -> None:
+    # Measured exact TV 0.017 to 0.027 over three seeds.  When extensions inherited only
+    # completions too short to sketch, they were dropped from the candidates and their
+    # transfers guessed, and this scored 0.11 to 0.15.
+    model = load_model("rotation-clock:horizon=8")
+    oracle = InProcessOracle(model, np.random.default_rng(0), budget=500_000)
+
+    clone = learn(oracle, LearnerSettings(sketch="sampled-future"), np.random.default_rng(1_000))
+
+    assert clone.ranks == [1, 1, 2, 3, 3, 3, 3, 2]
+    assert exact_distance(model, clone).tv < 0.05
