@@ -103,7 +103,11 @@ class LearnerSettings(BaseModel):
     )
     sketch_futures: int = Field(default=16, ge=1, description="m of the sampled-future sketch.")
     probe_futures: int = Field(default=8, ge=1, description="Futures of the probe that decides on the sampled-future sketch.")
-    probe_samples: int = Field(default=32, ge=2, description="Samples per prompt of that probe, and the least of the full sketch.")
+    probe_samples: int = Field(
+        default=32, ge=2,
+        description="Least samples per prompt of that probe (it buys 8 per token of future if more), "
+        "and the least of the full sketch.",
+    )
     future_sketch_share: float = Field(
         default=0.9, gt=0, lt=1,
         description="Share of a step's budget that a sampled-future sketch may spend; the rest tops up the tables.",
@@ -451,8 +455,13 @@ class _SampleLearner:
         """
         settings = self.settings
         if settings.sketch == "auto" and settings.rank is None and not self.future_found:
+            # A chain of H - t factors from n samples each has a relative variance of about
+            # (H - t) / n, so the probe buys more samples per prompt for longer futures: with a
+            # fixed 32, a 24-bit parity went unseen at the first step that carried it.
+            depth = self.H - len(candidates[0])
+            probe_n = max(settings.probe_samples, _PROBE_SAMPLES_PER_FACTOR * depth)
             probe = self._estimate_future(candidates[: 2 * detected + 6], settings.probe_futures,
-                                          settings.probe_samples, cap=budget // 4)
+                                          probe_n, cap=budget // 4)
             if probe is None or probe[2].rank <= detected:
                 if probe is None:
                     logger.info("no budget for a probe with sampled futures; keeping the prefix sketch")
@@ -575,6 +584,10 @@ class _SampleLearner:
                     # Never observed: N[i, o] of the previous step is only the pseudocount, so the row barely matters.
                     W[o, i] = fallback if fallback is not None else 1.0 / R.shape[0]
         return W
+
+
+# Samples per prompt and per factor of the chain that the probe buys at least.
+_PROBE_SAMPLES_PER_FACTOR = 8
 
 
 def _water_level(have: NDArray[np.int64], budget: int) -> int:
