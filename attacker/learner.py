@@ -105,7 +105,7 @@ class LearnerSettings(BaseModel):
     probe_futures: int = Field(default=8, ge=1, description="Futures of the probe that decides on the sampled-future sketch.")
     probe_samples: int = Field(
         default=32, ge=2,
-        description="Least samples per prompt of that probe (it buys 8 per token of future if more), "
+        description="Minimum samples per prompt of that probe (it buys 8 per token of future when that is more), "
         "and the least of the full sketch.",
     )
     future_sketch_share: float = Field(
@@ -277,8 +277,8 @@ class _SampleLearner:
         sampled-future sketch is in use, a step that needs it weighs ``H - t`` times more,
         because each of its candidates costs a chain of ``H - t`` prompts per future.
         """
-        # NOTE: every step spends its whole share, so nothing stops buying where more
-        # samples no longer help; caps from a target TV starved early steps into false ranks.
+        # NOTE: every step spends its whole share, so the learner never stops buying where more
+        # samples no longer help.  Caps from a target TV starved early steps into false ranks.
         remaining = self.oracle.ledger.remaining or 0
         rank = max(self.settings.rank or self.expected_rank, 1)
         weights = [rank * self._cost_weight(s) for s in range(t + 1, self.H)]
@@ -456,7 +456,7 @@ class _SampleLearner:
         settings = self.settings
         if settings.sketch == "auto" and settings.rank is None and not self.future_found:
             # A chain of H - t factors from n samples each has a relative variance of about
-            # (H - t) / n, so the probe buys more samples per prompt for longer futures: with a
+            # (H - t) / n, so the probe buys more samples per prompt for longer futures.  With a
             # fixed 32, a 24-bit parity went unseen at the first step that carried it.
             depth = self.H - len(candidates[0])
             probe_n = max(settings.probe_samples, _PROBE_SAMPLES_PER_FACTOR * depth)
