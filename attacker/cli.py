@@ -40,7 +40,7 @@ from attacker.baselines import (
     fit_baseline,
     save_baseline,
 )
-from attacker.client import DeadlineExceededError, HttpJudge, HttpOracle
+from attacker.client import AuthenticationError, DeadlineExceededError, HttpJudge, HttpOracle
 from attacker.clone import load_any_model
 from attacker.compare import (
     LEARNER_NAME,
@@ -69,6 +69,14 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+# Larger budgets cannot be spent in any sensible time, and planning their requests alone
+# would exhaust memory.
+MAX_BUDGET = 10**12
+# Reference sequences that evaluate and compare hold in memory at once.
+MAX_SEQUENCES = 10_000_000
+# Characters per line of tables printed to a file or pipe.
+_FILE_WIDTH = 200
 
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
@@ -202,7 +210,8 @@ def run_steal(
         url, api_key, budget, max_concurrency=max_concurrency, max_retries=max_retries,
         sampling_seed=seed, clock=clock, deadline=stop_at,
     ) as http, _logged_oracle(
-        _check_quota(http, budget, resume), query_log, resume, learner_settings, seed
+        _check_quota(_check_minimum_budget(http, budget), budget, resume), query_log, resume,
+        learner_settings, seed,
     ) as oracle:
         logger.info(
             "stealing %s from %s: A=%d, H=%d, budget %d samples",
@@ -252,8 +261,15 @@ def _logged_oracle(
         )
     except QueryLogError as exc:
         raise UsageError(str(exc)) from exc
-    with logged:
-        yield logged
+    try:
+        with logged:
+            yield logged
+    except BaseException:
+        if not resume and logged.live.calls == 0:
+            # Only the header was written; a kept file would block the corrected command.
+            query_log.unlink(missing_ok=True)
+            logger.info("removed the query log %s because no query completed", query_log)
+        raise
 
 
 def _deadline_message(
@@ -295,6 +311,10 @@ def _check_query_log(query_log: Path, out: Path, resume: bool) -> None:
         raise UsageError(
             f"query log directory {query_log.parent} does not exist; create it first"
         )
+    if not os.access(query_log.parent, os.W_OK):
+        raise UsageError(
+            f"query log directory {query_log.parent} is not writable; choose another --query-log"
+        )
     if not resume and query_log.exists() and query_log.stat().st_size > 0:
         raise UsageError(
             f"query log {query_log} already exists and is not empty; continue the attack it "
@@ -305,6 +325,17 @@ def _check_query_log(query_log: Path, out: Path, resume: bool) -> None:
 def default_query_log(out: Path) -> Path:
     """Return the query log of ``steal --out OUT``: ``OUT`` with the suffix ``.queries.jsonl``."""
     return out.with_suffix(".queries.jsonl")
+
+
+def _check_minimum_budget(http: HttpOracle, budget: int) -> HttpOracle:
+    """Return ``http`` unless ``budget`` is below the learner's minimum of ``H * A`` samples."""
+    minimum = http.horizon * http.alphabet_size
+    if budget < minimum:
+        raise UsageError(
+            f"--budget {budget} is too small for a model with H={http.horizon} and "
+            f"A={http.alphabet_size}; use a budget of at least {minimum} samples"
+        )
+    return http
 
 
 def _check_quota(http: HttpOracle, budget: int, resume: bool) -> HttpOracle:
@@ -326,9 +357,57 @@ def _check_quota(http: HttpOracle, budget: int, resume: bool) -> HttpOracle:
     raise UsageError(message)
 
 
-def _check_budget_and_out(budget: int, out: Path) -> None:
+def _console() -> Console:
+    """Return a console for results; off a terminal it is wide, so saved tables keep every digit."""
+    return Console() if sys.stdout.isatty() else Console(width=_FILE_WIDTH)
+
+
+def _check_sequences(sequences: int) -> None:
+    if sequences < 2:
+        raise UsageError(f"--sequences must be at least 2, got {sequences}")
+    if sequences > MAX_SEQUENCES:
+        raise UsageError(f"--sequences must be at most {MAX_SEQUENCES:,}, got {sequences:,}")
+
+
+def _check_compare_access(
+    url: str, api_key: str, admin_key: str, budgets: list[int], learners: list[str]
+) -> None:
+    """Check the admin key and the client key's quota before ``compare`` buys anything.
+
+    At each budget the learner spends at most the budget and the baselines share one
+    purchase of at most the budget, so the worst case is the sum over budgets of one
+    budget per kind of method.
+    """
+    kinds = int(LEARNER_NAME in learners) + int(any(name != LEARNER_NAME for name in learners))
+    needed = kinds * sum(budgets)
+    with _open_oracle(url, api_key, needed) as http:
+        remaining = http.quota_remaining()
+    if remaining is not None and remaining < needed:
+        raise UsageError(
+            f"--budgets need up to {needed:,} samples but this key's quota has {remaining:,} "
+            "left; lower --budgets or ask the operator for more quota"
+        )
+    # Scoring one token is free and needs the admin key, so a wrong key fails here.
+    try:
+        with HttpJudge(url, admin_key) as judge:
+            judge.judge_log_probs(np.zeros((1, 1), dtype=np.int64))
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+    except AuthenticationError as exc:
+        raise UsageError(
+            f"invalid --admin-key: the server refused it for scoring ({exc}); pass the server's admin key"
+        ) from exc
+
+
+def _check_budget(budget: int, flag: str = "--budget") -> None:
     if budget <= 0:
-        raise UsageError(f"--budget must be a positive number of samples, got {budget}")
+        raise UsageError(f"{flag} must be a positive number of samples, got {budget}")
+    if budget > MAX_BUDGET:
+        raise UsageError(f"{flag} must be at most {MAX_BUDGET:,} samples, got {budget:,}")
+
+
+def _check_budget_and_out(budget: int, out: Path) -> None:
+    _check_budget(budget)
     if out.is_dir():
         raise UsageError(f"--out {out} is a directory; give a file path such as {out / 'clone.json'}")
     if not out.parent.is_dir():
@@ -374,6 +453,7 @@ def run_baseline(
             check_baseline_inputs(name, oracle.alphabet_size, oracle.horizon, options)
         except ValueError as exc:
             raise UsageError(str(exc)) from exc
+        _check_quota(oracle, budget, resume=False)
         logger.info("buying %d samples of %s for the %s baseline", budget,
                     oracle.model_info.model_id, name)
         samples = buy_samples(oracle, budget)
@@ -428,14 +508,18 @@ def run_compare(
     except ValueError as exc:
         raise UsageError(f"--budgets must be comma-separated integers, got {budgets!r}") from exc
     learner_list = [item.strip() for item in learners.split(",") if item.strip()]
-    if sequences < 2:
-        raise UsageError(f"--sequences must be at least 2, got {sequences}")
+    for budget in budget_list:
+        _check_budget(budget, "each of --budgets")
+    _check_sequences(sequences)
     if csv_path is not None and not csv_path.parent.is_dir():
         raise UsageError(f"output directory {csv_path.parent} does not exist; create it first")
+    if csv_path is not None and not os.access(csv_path.parent, os.W_OK):
+        raise UsageError(f"output directory {csv_path.parent} is not writable; choose another --csv")
     try:
         learner_settings = LearnerSettings(**settings)
     except ValidationError as exc:
         raise UsageError(f"invalid learner settings: {_first_error(exc)}") from exc
+    _check_compare_access(url, api_key, admin_key, budget_list, learner_list)
     try:
         model_id, rows = compare_over_http(
             url, api_key, admin_key, budget_list, learner_list, learner_settings, options,
@@ -467,8 +551,7 @@ def run_evaluate(
     OracleError
         If the server fails or rejects the admin key.
     """
-    if sequences < 2:
-        raise UsageError(f"--sequences must be at least 2, got {sequences}")
+    _check_sequences(sequences)
     try:
         model = load_any_model(clone_path)
     except ValueError as exc:
@@ -634,7 +717,7 @@ def steal(
     if as_json:
         _print_json(summary)
     else:
-        print_steal_summary(summary, Console())
+        print_steal_summary(summary, _console())
 
 
 @app.command("evaluate")
@@ -659,7 +742,7 @@ def evaluate_command(
     if as_json:
         _print_json(summary)
     else:
-        print_evaluate_summary(summary, Console())
+        print_evaluate_summary(summary, _console())
 
 
 @app.command()
@@ -681,7 +764,7 @@ def demo(
     if as_json:
         _print_json(result)
         return
-    console = Console()
+    console = _console()
     print_steal_summary(result["steal"], console)
     print_evaluate_summary(result["evaluate"], console)
     scores = result["evaluate"]
@@ -759,7 +842,7 @@ def baseline(
         table.add_row(key, f"{value:,}" if isinstance(value, int) else str(value))
     if summary["note"]:
         table.add_row("note", summary["note"])
-    Console().print(table)
+    _console().print(table)
 
 
 @app.command()
@@ -812,7 +895,7 @@ def compare(
     if as_json:
         _print_json(summary)
     else:
-        Console().print(comparison_table(summary["rows"], f"Learners on {summary['model_id']}"))
+        _console().print(comparison_table(summary["rows"], f"Learners on {summary['model_id']}"))
 
 
 def main() -> None:

@@ -68,7 +68,18 @@ def _build_casino(parameters: Mapping[str, ParameterValue]) -> SequenceModel:
     return casino(int(parameters["horizon"]))
 
 
+def _check_size(name: str, value: int, largest: int) -> None:
+    """Refuse a size parameter whose model would not fit in memory."""
+    if value > largest:
+        raise ValueError(
+            f"{name}={value} is too large: the model would not fit in memory; use {name} <= {largest:,}"
+        )
+
+
 def _build_random_hmm(parameters: Mapping[str, ParameterValue]) -> SequenceModel:
+    _check_size("states", int(parameters["states"]), MAX_STATES)
+    _check_size("alphabet", int(parameters["alphabet"]), MAX_ALPHABET)
+    _check_size("states * alphabet", int(parameters["states"]) * int(parameters["alphabet"]), MAX_EMISSIONS)
     rng = np.random.default_rng(int(parameters["seed"]))
     return random_hmm(
         int(parameters["states"]), int(parameters["alphabet"]), int(parameters["horizon"]), rng
@@ -82,9 +93,15 @@ def _build_rotation_clock(parameters: Mapping[str, ParameterValue]) -> SequenceM
 
 
 def _build_noisy_parity(parameters: Mapping[str, ParameterValue]) -> SequenceModel:
+    _check_size("bits", int(parameters["bits"]), (MAX_STATES - 2) // 4)
     rng = np.random.default_rng(int(parameters["seed"]))
     return noisy_parity(int(parameters["bits"]), float(parameters["noise"]), rng)
 
+
+# Size limits of the built presets: T alone has MAX_STATES^2 entries (128 MiB of float64).
+MAX_STATES = 4096
+MAX_ALPHABET = 65_536
+MAX_EMISSIONS = 10_000_000
 
 # name -> (builder, default of each parameter; the default's type is the parameter's type)
 _PRESETS: dict[str, tuple[_Builder, dict[str, ParameterValue]]] = {

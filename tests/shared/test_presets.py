@@ -276,3 +276,17 @@ def test_parse_model_spec_float_parameter() -> None:
 
     assert parameters == {"horizon": 4, "phi": 0.25}
     assert isinstance(parameters["phi"], float)
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("random-hmm:states=100000000", "use states <= 4,096"),
+        ("random-hmm:alphabet=100000000", "use alphabet <= 65,536"),
+        ("random-hmm:states=4000,alphabet=3000", "use states \\* alphabet <= 10,000,000"),
+        ("noisy-parity:bits=100000", "use bits <= 1,023"),
+    ],
+)
+def test_load_model_refuses_sizes_beyond_memory(spec: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        load_model(spec)
