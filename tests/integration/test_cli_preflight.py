@@ -74,7 +74,7 @@ def test_compare_over_quota_buys_nothing(start_server) -> None:
 def test_compare_wrong_admin_key_buys_nothing(start_server) -> None:
     base_url = start_server(MODEL)
 
-    with pytest.raises(UsageError, match="refused --admin-key"):
+    with pytest.raises(UsageError, match="invalid --admin-key"):
         run_compare(base_url, CLIENT_KEY, "not-the-admin-key", "1000", "liu-moitra", {}, BaselineOptions())
 
     assert _spent(base_url) == 0
