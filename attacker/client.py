@@ -567,16 +567,19 @@ def _error_from_response(response: httpx.Response, payload: Any) -> Exception:
     try:
         detail = ErrorBody.model_validate_json(response.content).error
         code, message = detail.code, detail.message
+        # This project's server already says what to do next, so no hint is added.
+        hinted = True
     except ValidationError:
         code, message = f"http_{status}", response.text[:500] or response.reason_phrase
+        hinted = False
 
     if code == "zero_probability_prompt":
         return _zero_probability_error(message, payload)
     if status in (401, 403):
         hint = "check the key" if status == 401 else "this route needs the admin key"
-        return AuthenticationError(status, code, message, hint)
+        return AuthenticationError(status, code, message, "" if hinted else hint)
     if status == 429 and code == "quota_exhausted":
-        return QuotaExhaustedError(status, code, message, "the key's quota is spent")
+        return QuotaExhaustedError(status, code, message, "" if hinted else "the key's quota is spent")
     if status == 429:
         return RateLimitedError(status, code, message, "retries exhausted; lower the request rate")
     return ServerError(status, code, message)

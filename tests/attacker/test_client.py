@@ -404,7 +404,7 @@ def test_judge_rejects_client_key(serve) -> None:
 
     with (
         HttpJudge(server.url, server.api_key) as judge,
-        pytest.raises(AuthenticationError, match="403 admin_required.*needs the admin key"),
+        pytest.raises(AuthenticationError, match="403 admin_required: this route requires the admin key; client keys cannot use it$"),
     ):
         judge.judge_log_probs(np.zeros((1, 6), dtype=np.int64))
 
