@@ -106,6 +106,10 @@ def _respond(
     return error_response(status_code, code, message, headers)
 
 
+# The detail of the 400 that FastAPI raises when it cannot decode a JSON body at all.
+_FASTAPI_PARSE_FAILURE = "There was an error parsing the body"
+
+
 async def _handle_api_error(request: Request, exc: Exception) -> JSONResponse:
     if not isinstance(exc, ApiError):
         raise TypeError(f"expected ApiError, got {type(exc).__name__}") from exc
@@ -120,6 +124,10 @@ async def _handle_http_error(request: Request, exc: Exception) -> JSONResponse:
         message = f"no route {request.url.path}; the API lives under /v1 (see /openapi.json)"
     elif exc.status_code == 405:
         message = f"method {request.method} is not allowed on {request.url.path}"
+    elif exc.status_code == 400 and exc.detail == _FASTAPI_PARSE_FAILURE:
+        # FastAPI raises this when the body is not UTF-8 or nests too deeply to decode.
+        code = "malformed_json"
+        message = "request body could not be decoded as JSON (not UTF-8, or nested too deeply); send a flat JSON object in UTF-8"
     else:
         message = str(exc.detail)
     return _respond(request, exc.status_code, code, message, exc.headers)

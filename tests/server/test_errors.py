@@ -156,6 +156,21 @@ async def test_complete_malformed_json(client) -> None:
     _assert_error(response, 400, "malformed_json", "not valid JSON", "character 24")
 
 
+@pytest.mark.parametrize(
+    "body",
+    [b'{"prompts": [[0]], "n": "\xff\xfe"}', b"[" * 5000 + b"]" * 5000],
+    ids=["not-utf8", "nested-too-deep"],
+)
+async def test_complete_undecodable_body(client, body: bytes) -> None:
+    response = await client.post(
+        "/v1/complete",
+        content=body,
+        headers={**_headers("client"), "Content-Type": "application/json"},
+    )
+
+    _assert_error(response, 400, "malformed_json", "could not be decoded", "UTF-8")
+
+
 async def test_complete_non_json_content_type(client) -> None:
     response = await client.post(
         "/v1/complete",
