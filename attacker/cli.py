@@ -395,7 +395,7 @@ def _check_compare_access(
         raise UsageError(str(exc)) from exc
     except AuthenticationError as exc:
         raise UsageError(
-            f"invalid --admin-key: the server refused it for scoring ({exc}); pass the server's admin key"
+            f"invalid --admin-key: the server rejected it for scoring ({exc}); pass the server's admin key"
         ) from exc
 
 

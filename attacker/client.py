@@ -567,7 +567,7 @@ def _error_from_response(response: httpx.Response, payload: Any) -> Exception:
     try:
         detail = ErrorBody.model_validate_json(response.content).error
         code, message = detail.code, detail.message
-        # This project's server already says what to do next, so no hint is added.
+        # Error bodies from this project's server already include the fix, so no hint is added.
         hinted = True
     except ValidationError:
         code, message = f"http_{status}", response.text[:500] or response.reason_phrase

@@ -33,9 +33,9 @@ in size by the ratio of the laws they compare (9 to 1 on noisy parity with noise
 unweighted least squares lets the noise of the large entries swamp the small ones.
 :func:`fit_transfers_weighted` weighs each feature by the inverse variance of its residual.
 On noisy parity with 24 bits this cut the spread of each transfer about fourfold.  It also
-removed most of a bias: a spanner maximises volume, so it picks the most extreme of
-several noisy rows of one state, and unweighted fits then leak a few percent of the belief
-to the wrong state at every step.
+removed most of a bias.  A spanner maximises volume, so it picks the most extreme of
+several noisy rows of one state.  Unweighted fits then leak a few percent of the belief to
+the wrong state at every step.
 """
 
 from __future__ import annotations
