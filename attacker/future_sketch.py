@@ -139,17 +139,18 @@ def estimate_future_sketch(
             for prompt, completions in zip(batch, oracle.complete(batch, n, length)):
                 _credit(prompt, completions, row_of, counts, half, rng)
 
+    rows, tokens = _chain_entries(candidates, futures, row_of)
     estimates = []
     for table in (counts, half, counts - half):
         laws = table / np.maximum(table.sum(axis=1, keepdims=True), 1.0)
-        estimates.append(_sketch_vectors(candidates, futures, laws, row_of))
+        estimates.append(_sketch_vectors(laws[rows, tokens].prod(axis=2)))
     full, first, second = estimates
     # Relative variance of each estimated factor, with a pseudocount so that a factor seen
     # zero times still counts as uncertain.
     totals = counts.sum(axis=1, keepdims=True)
     smoothed = (counts + 0.5) / (totals + 1.0)
     relative = (1.0 - smoothed) / (smoothed * np.maximum(totals, 1.0))
-    chains = _chain_sums(candidates, futures, relative, row_of)
+    chains = relative[rows, tokens].sum(axis=2)
     return EstimatedFutureSketch(list(futures), full, (first - second) / 2.0, chains, n)
 
 
@@ -175,32 +176,27 @@ def _credit(
             current = current + (int(token),)
 
 
-def _chain_sums(
+def _chain_entries(
     candidates: Sequence[History],
     futures: Sequence[History],
-    table: FloatArray,
     row_of: dict[History, int],
-) -> FloatArray:
-    """Sum ``table[h f_<j, f_j]`` over the factors of each chain, shape (k, m)."""
-    sums = np.zeros((len(candidates), len(futures)))
+) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    """Locate the factors of every chain: the table rows of ``h f_<j`` and the tokens ``f_j``.
+
+    Returns two arrays of shape (k, m, H - t), so ``table[rows, tokens]`` lists the factors
+    ``table[h f_<j, f_j]`` of each candidate and future.
+    """
+    depth = len(futures[0])
+    rows = np.empty((len(candidates), len(futures), depth), dtype=np.int64)
+    tokens = np.broadcast_to(np.array(futures, dtype=np.int64).reshape(1, len(futures), depth), rows.shape)
     for i, h in enumerate(candidates):
         for l, f in enumerate(futures):
-            sums[i, l] = sum(table[row_of[h + f[:j]], token] for j, token in enumerate(f))
-    return sums
+            rows[i, l] = [row_of[h + f[:j]] for j in range(depth)]
+    return rows, tokens
 
 
-def _sketch_vectors(
-    candidates: Sequence[History],
-    futures: Sequence[History],
-    laws: FloatArray,
-    row_of: dict[History, int],
-) -> FloatArray:
-    """Turn estimated next-token laws into ``v_h[l] = P[f_l | h] / (m D[f_l])``."""
-    m = len(futures)
-    probabilities = np.ones((len(candidates), m))
-    for i, h in enumerate(candidates):
-        for l, f in enumerate(futures):
-            for j, token in enumerate(f):
-                probabilities[i, l] *= laws[row_of[h + f[:j]], token]
+def _sketch_vectors(probabilities: FloatArray) -> FloatArray:
+    """Turn chain-rule probabilities ``P[f_l | h]`` (k, m) into ``v_h[l] = P[f_l | h] / (m D[f_l])``."""
+    m = probabilities.shape[1]
     D = probabilities.mean(axis=0)
     return probabilities / (m * np.maximum(D, 1e-300))[None, :]
